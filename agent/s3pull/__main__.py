@@ -1,0 +1,3 @@
+from s3pull.cli import main
+
+raise SystemExit(main())

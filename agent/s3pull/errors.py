@@ -1,0 +1,38 @@
+"""Error types shared by every module. A leaf: imports nothing of ours."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "S3PullError",
+    "UnparseableBody",
+    "UnsafeKey",
+]
+
+
+class S3PullError(Exception):
+    """Base class of every error s3pull raises on purpose."""
+
+
+class ConfigError(S3PullError):
+    """The configuration is invalid. The message names the file, the key and the problem."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+class UnsafeKey(S3PullError):
+    """An S3 key that must never be written to disk (traversal, NUL, symlink, collision...)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"refused key {key!r}: {reason}")
+
+
+class UnparseableBody(S3PullError):
+    """An SQS message body that is not an S3 notification we can read."""
