@@ -1,0 +1,473 @@
+"""events.parse_body against recorded payloads (tests/events/*.json) and hostile bodies."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3pull.errors import UnparseableBody
+from s3pull.events import Notification, ObjectChange, parse_body, sequencer_newer
+
+EVENTS = Path(__file__).parent / "events"
+
+AWS_TIME = "2026-11-29T10:15:30.123Z"
+
+
+def _body(name: str) -> str:
+    return (EVENTS / name).read_text(encoding="utf-8")
+
+
+def _changes(*changes: ObjectChange) -> Notification:
+    return Notification(changes=changes)
+
+
+_PUT = ObjectChange(
+    kind="created",
+    event_name="ObjectCreated:Put",
+    bucket="acme-shared",
+    key="assets/css/site main.css",
+    event_time=AWS_TIME,
+    size=1024,
+    etag="d41d8cd98f00b204e9800998ecf8427e",
+    version_id="096fKKXTRTtl3on89fVO.nfljtsv6qko",
+    sequencer="0055AED6DCD90281E5",
+)
+
+# moto 5.2.5 recorded: key "assets/a b/müller+100%.txt" arrives as quote_plus() of the whole
+# key, '/' included; no sequencer, no versionId, and a delete still carries size and eTag.
+_MOTO_KEY = "assets/a b/m\u00fcller+100%.txt"
+_MOTO_PUT = ObjectChange(
+    kind="created",
+    event_name="ObjectCreated:Put",
+    bucket="acme-shared",
+    key=_MOTO_KEY,
+    event_time="2026-11-30T00:52:15.056Z",
+    size=5,
+    etag="5d41402abc4b2a76b9719d911017c592",
+)
+
+# Every file in tests/events and exactly what it must parse to.
+EXPECTED: dict[str, Notification] = {
+    "aws-object-created-put.json": _changes(_PUT),
+    "aws-sns-wrapped-object-created-put.json": _changes(_PUT),
+    "aws-object-created-multipart.json": _changes(
+        ObjectChange(
+            kind="created",
+            event_name="ObjectCreated:CompleteMultipartUpload",
+            bucket="acme-shared",
+            key="assets/video/intro\u00fc.mp4",
+            event_time=AWS_TIME,
+            size=73400320,
+            etag="a1b2c3d4e5f60718293a4b5c6d7e8f90-9",
+            sequencer="0061D5A2B3C4D5E6F7",
+        )
+    ),
+    "aws-object-created-copy-percent-key.json": _changes(
+        ObjectChange(
+            kind="created",
+            event_name="ObjectCreated:Copy",
+            bucket="acme-shared",
+            # sent as "reports/Q3+100%2525+%C3%BCber.csv": decoded once, "%25" stays
+            key="reports/Q3 100%25 \u00fcber.csv",
+            event_time=AWS_TIME,
+            size=2048,
+            etag="6f5902ac237024bdd0c176cb93063dc4",
+            sequencer="0061D5A2B3C4D5E700",
+        )
+    ),
+    "aws-object-created-put-v2.6-unknown-fields.json": _changes(
+        ObjectChange(
+            kind="created",
+            event_name="ObjectCreated:Put",
+            bucket="acme-shared",
+            key="data/plain.txt",
+            event_time=AWS_TIME,
+            size=0,
+            etag="d41d8cd98f00b204e9800998ecf8427e",
+            sequencer="0055AED6DCD90281F0",
+        )
+    ),
+    "aws-object-removed-delete.json": _changes(
+        ObjectChange(
+            kind="removed",
+            event_name="ObjectRemoved:Delete",
+            bucket="acme-shared",
+            key="assets/css/site main.css",
+            event_time=AWS_TIME,
+            sequencer="0055AED6DCD90281E6",
+        )
+    ),
+    "aws-object-removed-delete-marker.json": _changes(
+        ObjectChange(
+            kind="removed",
+            event_name="ObjectRemoved:DeleteMarkerCreated",
+            bucket="acme-shared",
+            key="assets/old.txt",
+            event_time=AWS_TIME,
+            # versionId is not URL-encoded: its '+' stays a '+'
+            version_id="3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY+MTRCxf3vjVBH40Nr8X8gdRQBpUMLUo",
+            sequencer="0055AED6DCD90281E7",
+        )
+    ),
+    "aws-lifecycle-expiration-delete.json": _changes(
+        ObjectChange(
+            kind="removed",
+            event_name="LifecycleExpiration:Delete",
+            bucket="acme-shared",
+            key="incoming/2026-10-01/batch.csv",
+            event_time=AWS_TIME,
+            sequencer="0055AED6DCD90281E8",
+        )
+    ),
+    "aws-lifecycle-expiration-delete-marker.json": _changes(
+        ObjectChange(
+            kind="removed",
+            event_name="LifecycleExpiration:DeleteMarkerCreated",
+            bucket="acme-shared",
+            key="logs/2026/01/app.log",
+            event_time=AWS_TIME,
+            version_id="Ao1Ik5fKmHRmH0bAWx3cD.Z6Ot3zgwUa",
+            sequencer="0055AED6DCD90281E9",
+        )
+    ),
+    "aws-object-restore-completed.json": Notification(
+        changes=(), ignored=("ObjectRestore:Completed",)
+    ),
+    "aws-object-tagging-put.json": Notification(changes=(), ignored=("ObjectTagging:Put",)),
+    "aws-three-records.json": Notification(
+        changes=(
+            ObjectChange(
+                kind="created",
+                event_name="ObjectCreated:Post",
+                bucket="acme-shared",
+                key="uploads/form 1.bin",
+                event_time=AWS_TIME,
+                size=10,
+                etag="9e107d9d372bb6826bd81d3542a419d6",  # sent quoted
+                sequencer="0055AED6DCD9028200",
+            ),
+            ObjectChange(
+                kind="removed",
+                event_name="ObjectRemoved:Delete",
+                bucket="acme-shared",
+                key="uploads/old+form.bin",
+                event_time="2026-11-29T10:15:31.000Z",
+                sequencer="0055AED6DCD9028201",
+            ),
+        ),
+        ignored=("ObjectAcl:Put",),
+    ),
+    "aws-records-empty.json": Notification(changes=()),
+    "aws-test-event.json": Notification(changes=(), test_event=True),
+    "aws-sns-wrapped-test-event.json": Notification(changes=(), test_event=True),
+    "moto-test-event.json": Notification(changes=(), test_event=True),
+    "moto-sns-wrapped-test-event.json": Notification(changes=(), test_event=True),
+    "moto-object-created-put.json": _changes(_MOTO_PUT),
+    "moto-sns-wrapped-object-created-put.json": _changes(
+        dataclasses.replace(_MOTO_PUT, event_time="2026-11-30T00:52:15.057Z")
+    ),
+    "moto-object-created-copy.json": _changes(
+        dataclasses.replace(
+            _MOTO_PUT,
+            event_name="ObjectCreated:Copy",
+            key="assets/copy.txt",
+            event_time="2026-11-30T00:52:15.064Z",
+        )
+    ),
+    "moto-object-removed-delete.json": _changes(
+        dataclasses.replace(
+            _MOTO_PUT,
+            kind="removed",
+            event_name="ObjectRemoved:Delete",
+            key="assets/copy.txt",
+            event_time="2026-11-30T00:52:15.071Z",
+        )
+    ),
+}
+
+
+def test_every_recorded_payload_has_an_expectation() -> None:
+    assert sorted(p.name for p in EVENTS.glob("*.json")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_recorded_payload(name: str) -> None:
+    assert parse_body(_body(name)) == EXPECTED[name]
+
+
+def _sns_wrap(message: str) -> str:
+    # What SNS delivers to SQS without raw message delivery: the body, as a string, in Message.
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "f7582c76-ff78-4f49-945e-0cc5267c1f8f",
+            "TopicArn": "arn:aws:sns:eu-west-1:123456789012:s3pull-events",
+            "Subject": "Amazon S3 Notification",
+            "Message": message,
+            "Timestamp": "2026-11-29T10:15:30.456Z",
+            "SignatureVersion": "1",
+        }
+    )
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EXPECTED if "sns-wrapped" not in n))
+def test_sns_wrapped_equals_raw(name: str) -> None:
+    body = _body(name)
+    assert parse_body(_sns_wrap(body)) == parse_body(body)
+
+
+def test_recorded_sns_wrapped_put_equals_raw_put() -> None:
+    assert parse_body(_body("aws-sns-wrapped-object-created-put.json")) == parse_body(
+        _body("aws-object-created-put.json")
+    )
+
+
+# A record to mutate: the AWS PUT sample.
+def _record(**object_fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = copy.deepcopy(json.loads(_body("aws-object-created-put.json")))[
+        "Records"
+    ][0]
+    record["s3"]["object"].update(object_fields)
+    return record
+
+
+def _records(*records: dict[str, Any]) -> str:
+    return json.dumps({"Records": list(records)})
+
+
+def _set(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Replace (or, with _GONE, remove) the field at a dotted path inside a record."""
+    *parents, last = path.split(".")
+    node = record
+    for part in parents:
+        node = node[part]
+    if value is _GONE:
+        del node[last]
+    else:
+        node[last] = value
+    return record
+
+
+_GONE = object()
+
+
+def _bad(path: str, value: Any) -> str:
+    return _records(_set(_record(), path, value))
+
+
+@pytest.mark.parametrize(
+    "event_name",
+    [
+        "ObjectCreated:Put",
+        "ObjectCreated:Post",
+        "ObjectCreated:Copy",
+        "ObjectCreated:CompleteMultipartUpload",
+    ],
+)
+def test_created_event_types(event_name: str) -> None:
+    (change,) = parse_body(_records(_set(_record(), "eventName", event_name))).changes
+    assert (change.kind, change.event_name) == ("created", event_name)
+
+
+@pytest.mark.parametrize(
+    "event_name",
+    [
+        "ObjectRemoved:Delete",
+        "ObjectRemoved:DeleteMarkerCreated",
+        "LifecycleExpiration:Delete",
+        "LifecycleExpiration:DeleteMarkerCreated",
+    ],
+)
+def test_removed_event_types(event_name: str) -> None:
+    (change,) = parse_body(_records(_set(_record(), "eventName", event_name))).changes
+    assert (change.kind, change.event_name) == ("removed", event_name)
+
+
+@pytest.mark.parametrize(
+    "event_name",
+    [
+        "ObjectRestore:Post",
+        "ObjectRestore:Completed",
+        "ObjectRestore:Delete",
+        "ObjectTagging:Put",
+        "ObjectTagging:Delete",
+        "ObjectAcl:Put",
+        "Replication:OperationFailedReplication",
+        "Replication:OperationReplicatedAfterThreshold",
+        "LifecycleTransition",
+        "IntelligentTiering",
+        "ReducedRedundancyLostObject",
+        "SomethingNew:FromTheFuture",
+    ],
+)
+def test_ignored_event_types(event_name: str) -> None:
+    body = _records(_set(_record(), "eventName", event_name))
+    assert parse_body(body) == Notification(changes=(), ignored=(event_name,))
+
+
+@pytest.mark.parametrize(
+    ("encoded", "decoded"),
+    [
+        ("plain.txt", "plain.txt"),
+        ("a+b.txt", "a b.txt"),  # S3: space as '+'
+        ("a%2Bb.txt", "a+b.txt"),  # a real '+'
+        ("dir%2Fsub%2Ff.txt", "dir/sub/f.txt"),  # moto: '/' as %2F
+        ("dir/sub/f.txt", "dir/sub/f.txt"),  # S3: '/' left alone
+        ("100%25.txt", "100%.txt"),
+        ("100%2525.txt", "100%25.txt"),  # decoded once, not twice
+        ("%2541", "%41"),  # not "A"
+        ("m%C3%BCller+%E2%82%AC.txt", "m\u00fcller \u20ac.txt"),
+        ("emoji%F0%9F%98%80", "emoji\U0001f600"),
+        ("folder%2F", "folder/"),  # a folder placeholder is still a key; mirror decides
+        ("..%2F..%2Fetc%2Fpasswd", "../../etc/passwd"),  # unsafe keys are for safe_path
+        ("nul%00byte", "nul\x00byte"),
+        ("100%", "100%"),  # no escape to undo
+    ],
+)
+def test_key_decoded_once(encoded: str, decoded: str) -> None:
+    (change,) = parse_body(_records(_record(key=encoded))).changes
+    assert change.key == decoded
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2", "2.3", "2.6", "2.9", "2.10"])
+def test_event_version_2_x_accepted(version: str) -> None:
+    (change,) = parse_body(_records(_set(_record(), "eventVersion", version))).changes
+    assert change == _PUT
+
+
+def test_unknown_fields_and_other_event_source_are_not_judged() -> None:
+    record = _record(newField={"x": 1})
+    record["eventSource"] = "aws:s3-express"
+    record["brandNew"] = [None]
+    assert parse_body(_records(record)) == _changes(_PUT)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"size": None, "eTag": None, "versionId": None, "sequencer": None}, (None,) * 4),
+        ({"eTag": "", "versionId": "", "sequencer": ""}, (1024, None, None, None)),
+        ({"eTag": '"abc"'}, (1024, "abc", _PUT.version_id, _PUT.sequencer)),
+        ({"versionId": "null"}, (1024, _PUT.etag, "null", _PUT.sequencer)),
+    ],
+    ids=["null", "empty", "quoted-etag", "versionId-null-string"],
+)
+def test_optional_object_fields(fields: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    (change,) = parse_body(_records(_record(**fields))).changes
+    assert (change.size, change.etag, change.version_id, change.sequencer) == expected
+
+
+def test_records_are_frozen() -> None:
+    notification = parse_body(_body("aws-object-created-put.json"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        notification.changes[0].key = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        notification.test_event = True  # type: ignore[misc]
+
+
+def test_one_bad_record_spoils_the_body_and_the_error_names_it() -> None:
+    body = _records(_record(), _record(key=123))
+    with pytest.raises(UnparseableBody, match=r"Records\[1\]\.s3\.object\.key"):
+        parse_body(body)
+
+
+_SNS_PUT = json.loads(_body("aws-sns-wrapped-object-created-put.json"))
+_PUT_BODY = _body("aws-object-created-put.json")
+
+MALFORMED: dict[str, str] = {
+    "empty": "",
+    "not-json": "hello",
+    "truncated-json": _PUT_BODY[: len(_PUT_BODY) // 2],
+    "json-array": "[]",
+    "json-number": "42",
+    "json-string": '"Records"',
+    "json-null": "null",
+    "no-records": "{}",
+    "unknown-event": json.dumps({"Event": "s3:SomethingElse"}),
+    "records-object": json.dumps({"Records": {}}),
+    "records-null": json.dumps({"Records": None}),
+    "record-not-object": json.dumps({"Records": [1]}),
+    "record-missing-s3": _bad("s3", _GONE),
+    "s3-not-object": _bad("s3", "acme-shared"),
+    "bucket-missing": _bad("s3.bucket", _GONE),
+    "bucket-name-missing": _bad("s3.bucket.name", _GONE),
+    "bucket-name-empty": _bad("s3.bucket.name", ""),
+    "bucket-name-number": _bad("s3.bucket.name", 7),
+    "object-missing": _bad("s3.object", _GONE),
+    "object-array": _bad("s3.object", []),
+    "key-missing": _bad("s3.object.key", _GONE),
+    "key-null": _bad("s3.object.key", None),
+    "key-number": _bad("s3.object.key", 123),
+    "key-empty": _bad("s3.object.key", ""),
+    "key-not-utf8": _bad("s3.object.key", "bad%FFbyte"),
+    "key-lone-surrogate": _bad("s3.object.key", "bad\ud800"),
+    "size-string": _bad("s3.object.size", "1024"),
+    "size-bool": _bad("s3.object.size", True),
+    "size-float": _bad("s3.object.size", 1024.5),
+    "size-negative": _bad("s3.object.size", -1),
+    "etag-number": _bad("s3.object.eTag", 5),
+    "version-id-object": _bad("s3.object.versionId", {}),
+    "sequencer-number": _bad("s3.object.sequencer", 12),
+    "sequencer-not-hex": _bad("s3.object.sequencer", "0055AED6DCD90281EZ"),
+    "event-name-missing": _bad("eventName", _GONE),
+    "event-name-empty": _bad("eventName", ""),
+    "event-name-list": _bad("eventName", ["ObjectCreated:Put"]),
+    "event-version-missing": _bad("eventVersion", _GONE),
+    "event-version-1.0": _bad("eventVersion", "1.0"),
+    "event-version-3.0": _bad("eventVersion", "3.0"),
+    "event-version-2": _bad("eventVersion", "2"),
+    "event-version-2.x": _bad("eventVersion", "2.x"),
+    "event-version-number": _bad("eventVersion", 2.1),
+    "event-time-missing": _bad("eventTime", _GONE),
+    "event-time-number": _bad("eventTime", 1764412530),
+    "sns-message-not-json": json.dumps({**_SNS_PUT, "Message": "not json {"}),
+    "sns-message-truncated": json.dumps({**_SNS_PUT, "Message": _SNS_PUT["Message"][:-2]}),
+    "sns-message-object": json.dumps({**_SNS_PUT, "Message": json.loads(_SNS_PUT["Message"])}),
+    "sns-message-missing": json.dumps({k: v for k, v in _SNS_PUT.items() if k != "Message"}),
+    "sns-message-array": json.dumps({**_SNS_PUT, "Message": "[]"}),
+    "sns-subscription-confirmation": json.dumps(
+        {**_SNS_PUT, "Type": "SubscriptionConfirmation", "Message": "You have chosen..."}
+    ),
+    "sns-twice-wrapped": _sns_wrap(_sns_wrap(_PUT_BODY)),
+    "second-record-bad": _records(_record(), _set(_record(), "eventVersion", "3.0")),
+    "nested-too-deep": "[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_body_is_unparseable(body: str) -> None:
+    with pytest.raises(UnparseableBody):
+        parse_body(body)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "current", "newer"),
+    [
+        ("0055AED6DCD90281E6", "0055AED6DCD90281E5", True),
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E6", False),
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E5", False),  # a duplicate is not newer
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E50", False),  # equal once padded
+        ("0055AED6DCD90281E50", "0055AED6DCD90281E5", False),
+        ("0055AED6DCD90281E51", "0055AED6DCD90281E5", True),  # longer and greater
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E4FF", True),  # shorter and greater
+        ("0055AED6DCD90281E4", "0055AED6DCD90281E4FF", False),  # shorter and smaller
+        ("0055aed6dcd90281e6", "0055AED6DCD90281E5", True),  # case does not matter
+        ("0055aed6dcd90281e5", "0055AED6DCD90281E5", False),
+        ("A", "9", True),  # hex digits, not ASCII accidents
+        ("a", "9", True),
+        ("1", "0FFFFFFF", True),
+    ],
+)
+def test_sequencer_newer(candidate: str, current: str, newer: bool) -> None:
+    assert sequencer_newer(candidate, current) is newer
+
+
+@pytest.mark.parametrize(("candidate", "current"), [("", "00"), ("00", "0x1"), ("G1", "00")])
+def test_sequencer_newer_refuses_non_hex(candidate: str, current: str) -> None:
+    with pytest.raises(ValueError):
+        sequencer_newer(candidate, current)
