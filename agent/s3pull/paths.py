@@ -1,0 +1,330 @@
+"""The two safety primitives: where a key may land, and how a file gets there.
+
+Every path below a configured directory is reached by walking directory file descriptors
+one component at a time with ``O_NOFOLLOW``, so a symlink planted anywhere inside the
+directory (even between our check and our write) can never redirect a write or a delete
+outside it. The configured directory itself may be a symlink: that is the operator's
+choice, not input.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from types import TracebackType
+
+from s3pull.errors import UnsafeKey
+
+__all__ = [
+    "TEMP_PREFIX",
+    "AtomicWriter",
+    "is_folder_placeholder",
+    "local_stat",
+    "remove_file",
+    "remove_leftover_temp_files",
+    "safe_parts",
+    "walk_files",
+]
+
+# Temporary files live next to their target so the final rename is atomic. Keys whose
+# base name starts with this prefix are refused, so cleaning up after a crash can never
+# delete a real object's file.
+TEMP_PREFIX = ".s3pull-tmp-"
+NAME_MAX = 255  # bytes per path component on Linux file systems
+PATH_MAX = 4096  # bytes for a whole path
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def is_folder_placeholder(key: str) -> bool:
+    """A key ending in ``/`` is a console-created "folder", not a file."""
+    return key.endswith("/")
+
+
+def safe_parts(key: str, prefix: str, root: Path) -> tuple[str, ...]:
+    """Split ``key[len(prefix):]`` into path components, refusing anything unsafe.
+
+    Only the shape of the key is checked here; symlinks and file/directory collisions
+    are found while walking the real directory (see ``_walk``).
+    """
+    if not key.startswith(prefix):
+        raise UnsafeKey(key, f"not under prefix {prefix!r}")
+    relative = key[len(prefix) :]
+    if "\x00" in relative:
+        raise UnsafeKey(key, "contains a NUL byte")
+    if not relative:
+        raise UnsafeKey(key, "names the directory itself")
+    if relative.startswith("/"):
+        raise UnsafeKey(key, "is an absolute path")
+    try:
+        relative.encode()
+    except UnicodeEncodeError:
+        raise UnsafeKey(key, "is not valid UTF-8") from None
+    parts = tuple(relative.split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafeKey(key, f"has a {part or 'empty'!r} path component")
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UnsafeKey(key, f"has a path component longer than {NAME_MAX} bytes")
+    if parts[-1].startswith(TEMP_PREFIX):
+        raise UnsafeKey(key, f"uses the reserved name prefix {TEMP_PREFIX!r}")
+    if len(os.fsencode(str(root.joinpath(*parts)))) >= PATH_MAX:
+        raise UnsafeKey(key, f"would make a path longer than {PATH_MAX} bytes")
+    return parts
+
+
+def _open_child_dir(parent_fd: int, name: str, key: str, create: bool) -> int | None:
+    """Open directory ``name`` below ``parent_fd`` without following symlinks.
+
+    Returns None when it does not exist and ``create`` is false.
+    """
+    for _ in range(2):  # a second pass covers a concurrent mkdir of the same directory
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+            with suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeKey(key, _collision_reason(parent_fd, name)) from None
+            raise
+    return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+
+
+def _collision_reason(parent_fd: int, name: str) -> str:
+    try:
+        mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return f"path component {name!r} is not a directory"
+    if stat.S_ISLNK(mode):
+        return f"path component {name!r} is a symlink"
+    return f"path component {name!r} is a file, so it cannot also be a directory"
+
+
+class _Walk:
+    """File descriptors of every directory from the root down to a key's parent."""
+
+    def __init__(self, root: Path, parts: tuple[str, ...], key: str, create: bool) -> None:
+        self._stack = ExitStack()
+        self.fds: list[int] = []
+        self.complete = False
+        try:
+            self._push(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            for name in parts[:-1]:
+                fd = _open_child_dir(self.fds[-1], name, key, create)
+                if fd is None:
+                    return
+                self._push(fd)
+            self.complete = True
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _push(self, fd: int) -> None:
+        self._stack.callback(os.close, fd)
+        self.fds.append(fd)
+
+    @property
+    def parent_fd(self) -> int:
+        return self.fds[-1]
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> _Walk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _final_stat(parent_fd: int, name: str, key: str) -> os.stat_result | None:
+    """lstat the final component; refuse symlinks and directories in the way."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeKey(key, f"{name!r} is a symlink")
+    if stat.S_ISDIR(st.st_mode):
+        raise UnsafeKey(key, f"{name!r} is a directory (other keys live below it)")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeKey(key, f"{name!r} is not a regular file")
+    return st
+
+
+def _remove_empty_dir(parent_fd: int, name: str) -> bool:
+    """Remove directory ``name`` if it holds nothing but empty directories."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return False  # not a directory, or a symlink: never touched
+    try:
+        for child in os.listdir(fd):
+            if not _remove_empty_dir(fd, child):
+                return False
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError:
+        return False
+    return True
+
+
+def local_stat(root: Path, parts: tuple[str, ...], key: str) -> os.stat_result | None:
+    """The stat of the file a key maps to, or None when it does not exist."""
+    with _Walk(root, parts, key, create=False) as walk:
+        if not walk.complete:
+            return None
+        return _final_stat(walk.parent_fd, parts[-1], key)
+
+
+def remove_file(root: Path, parts: tuple[str, ...], key: str) -> bool:
+    """Delete the file a key maps to and prune directories left empty.
+
+    Returns True when a file was removed. Never removes ``root`` itself.
+    """
+    with _Walk(root, parts, key, create=False) as walk:
+        if not walk.complete or _final_stat(walk.parent_fd, parts[-1], key) is None:
+            return False
+        os.unlink(parts[-1], dir_fd=walk.parent_fd)
+        # Walk back up: fds[i] holds parts[i]; remove each directory that is now empty.
+        for depth in range(len(parts) - 1, 0, -1):
+            try:
+                os.rmdir(parts[depth - 1], dir_fd=walk.fds[depth - 1])
+            except OSError:
+                break  # not empty (or already gone): stop pruning
+        return True
+
+
+class AtomicWriter:
+    """Write a file next to its target, then fsync and rename it into place.
+
+    A reader sees either the old file or the complete new one, never a partial one.
+    Leaving the ``with`` block without ``commit()`` removes the temporary file.
+    """
+
+    def __init__(self, root: Path, parts: tuple[str, ...], key: str) -> None:
+        self._walk = _Walk(root, parts, key, create=True)
+        self._name = parts[-1]
+        self._key = key
+        self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        self.bytes_written = 0
+        self._committing = False
+        self._fd: int | None = None
+        try:
+            # Refuse early (before downloading) if a symlink or directory is in the way.
+            # Directories holding no files are what an aborted write or a crash leaves
+            # behind: they give way to the file instead of blocking it forever.
+            try:
+                _final_stat(self._walk.parent_fd, self._name, key)
+            except UnsafeKey:
+                if not _remove_empty_dir(self._walk.parent_fd, self._name):
+                    raise
+            self._fd = os.open(
+                self.temp_name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=self._walk.parent_fd,
+            )
+        except BaseException:
+            self._walk.close()
+            raise
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None, "write after commit or abort"
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.bytes_written += len(data)
+
+    def commit(self, mtime_ns: int | None = None) -> None:
+        """fsync, set the modification time, rename over the target. Blocking: run in a thread."""
+        assert self._fd is not None, "commit after commit or abort"
+        # From here on the commit owns the temporary file: an abort() racing with it (a
+        # cancelled coroutine whose thread is still committing) must not touch it.
+        self._committing = True
+        fd, self._fd = self._fd, None
+        parent_fd = self._walk.parent_fd
+        try:
+            try:
+                if mtime_ns is not None:
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                os.fsync(fd)  # after utime, so the mtime is as durable as the bytes
+            finally:
+                os.close(fd)
+            _final_stat(parent_fd, self._name, self._key)  # still no symlink or directory?
+            os.rename(self.temp_name, self._name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            os.fsync(parent_fd)  # make the rename itself durable
+        except BaseException:
+            self._unlink_temp()
+            raise
+        finally:
+            self._walk.close()
+
+    def abort(self) -> None:
+        if self._committing:
+            return
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._unlink_temp()
+        self._walk.close()
+
+    def _unlink_temp(self) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(self.temp_name, dir_fd=self._walk.parent_fd)
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield ``(relative posix path, stat)`` for every regular file below ``root``.
+
+    Symlinks are neither followed nor reported; our temporary files are skipped.
+    """
+    pending = [("", os.fspath(root))]
+    while pending:
+        relative_dir, directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            relative = f"{relative_dir}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((f"{relative}/", entry.path))
+            elif entry.is_file(follow_symlinks=False) and not entry.name.startswith(TEMP_PREFIX):
+                yield relative, entry.stat(follow_symlinks=False)
+
+
+def remove_leftover_temp_files(root: Path) -> int:
+    """Delete temporary files a crash left behind below ``root``; return how many."""
+    removed = 0
+    for directory, _dirs, files in os.walk(root, followlinks=False):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
