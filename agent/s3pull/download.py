@@ -1,0 +1,139 @@
+"""Fetch one S3 object into a local file, atomically and verified.
+
+Shared by mirrors and triggers. The caller decides where (``root`` + safe ``parts``);
+this module decides how: conditional GET, stream to a temporary file next to the target,
+check size and MD5 (when the ETag is one), fsync, set mtime, rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from botocore.exceptions import ClientError
+
+from s3pull.errors import S3PullError
+from s3pull.paths import AtomicWriter
+
+__all__ = ["GONE", "NOT_MODIFIED", "Downloaded", "IntegrityError", "download", "mtime_ns"]
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE: Final = 1 << 20
+# botocore retries 5xx and resets before the body, but not a body cut off mid-stream
+# (aiohttp.ClientPayloadError): those whole downloads are retried here.
+BODY_ATTEMPTS: Final = 3
+
+NOT_MODIFIED: Final = "not-modified"
+GONE: Final = "gone"
+
+
+class IntegrityError(S3PullError):
+    """The bytes received do not match what S3 said it sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    etag: str | None
+    size: int
+    mtime_ns: int
+
+
+def mtime_ns(last_modified: datetime) -> int:
+    """S3 LastModified as a whole-second mtime.
+
+    GET returns an HTTP date (whole seconds) while listings carry milliseconds, so both
+    sides are compared at one-second resolution.
+    """
+    return int(last_modified.timestamp()) * 1_000_000_000
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_missing(exc: ClientError) -> bool:
+    return error_code(exc) in ("NoSuchKey", "404", "NotFound")
+
+
+def _md5_expected(response: dict[str, Any]) -> str | None:
+    """The MD5 an ETag stands for, when it stands for one.
+
+    Multipart ETags carry a ``-N`` suffix and SSE-KMS/SSE-C ETags are not MD5s of the
+    content (S3 API reference, "Common Response Headers": ETag).
+    """
+    etag = str(response.get("ETag", "")).strip('"')
+    encryption = response.get("ServerSideEncryption")
+    if len(etag) != 32 or "-" in etag or encryption not in (None, "AES256"):
+        return None
+    if response.get("SSECustomerAlgorithm"):
+        return None
+    return etag.lower()
+
+
+async def download(
+    s3: Any,
+    bucket: str,
+    key: str,
+    root: Path,
+    parts: tuple[str, ...],
+    if_none_match: str | None = None,
+) -> Downloaded | str:
+    """Make ``root/parts`` equal to ``s3://bucket/key``.
+
+    Returns a ``Downloaded``, ``NOT_MODIFIED`` when the object still has the ETag
+    ``if_none_match``, or ``GONE`` when the object does not exist. Raises ``UnsafeKey``
+    when a symlink or directory stands in the way, ``IntegrityError`` on a short or
+    corrupt body, ``ClientError``/``OSError`` otherwise.
+    """
+    request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if if_none_match:
+        request["IfNoneMatch"] = f'"{if_none_match}"'
+    for attempt in range(1, BODY_ATTEMPTS + 1):
+        try:
+            response = await s3.get_object(**request)
+        except ClientError as exc:
+            if error_code(exc) in ("304", "NotModified"):
+                return NOT_MODIFIED
+            if is_missing(exc):
+                return GONE
+            raise
+        try:
+            return await _write_body(response, key, root, parts)
+        except (aiohttp.ClientPayloadError, IntegrityError, TimeoutError) as exc:
+            if attempt == BODY_ATTEMPTS:
+                raise
+            log.warning("retrying download of %s after attempt %d failed: %s", key, attempt, exc)
+    raise AssertionError("unreachable")
+
+
+async def _write_body(
+    response: dict[str, Any], key: str, root: Path, parts: tuple[str, ...]
+) -> Downloaded:
+    expected_size = int(response["ContentLength"])
+    expected_md5 = _md5_expected(response)
+    digest = hashlib.md5(usedforsecurity=False) if expected_md5 else None
+    modified = mtime_ns(response["LastModified"])
+    async with response["Body"] as body:
+        with AtomicWriter(root, parts, key) as writer:
+            async for chunk in body.iter_chunks(CHUNK_SIZE):
+                writer.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+            if writer.bytes_written != expected_size:
+                raise IntegrityError(
+                    f"{key}: received {writer.bytes_written} bytes, expected {expected_size}"
+                )
+            if digest is not None and digest.hexdigest() != expected_md5:
+                raise IntegrityError(f"{key}: MD5 {digest.hexdigest()} does not match ETag")
+            # fsync and rename block on the disk: keep them off the event loop. Shielded so
+            # a cancellation (drain deadline) never leaves the rename half-done.
+            await asyncio.shield(asyncio.to_thread(writer.commit, modified))
+            etag = str(response.get("ETag", "")).strip('"') or None
+            return Downloaded(etag, expected_size, modified)

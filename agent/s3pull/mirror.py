@@ -1,0 +1,232 @@
+"""Keep one local directory equal to one S3 prefix.
+
+``apply`` handles one event; ``plan``/``execute`` handle a full reconcile. Both treat the
+event as a hint only: what gets written is whatever S3 holds when we ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+
+from s3pull.config import MirrorConfig
+from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, is_missing, mtime_ns
+from s3pull.errors import UnsafeKey
+from s3pull.events import ObjectChange, sequencer_newer
+from s3pull.ledger import Entry, Ledger
+from s3pull.paths import is_folder_placeholder, local_stat, remove_file, safe_parts, walk_files
+
+__all__ = ["Mirror", "Outcome", "ReconcilePlan", "RemoteObject"]
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal[
+    "downloaded",  # the file now holds the object's current content
+    "unchanged",  # the file already held it (conditional GET said 304)
+    "deleted",  # the object is gone and so is the file now
+    "absent",  # the object is gone and there was no file
+    "kept",  # the object is gone but the mirror does not mirror deletions
+    "stale",  # an older event than one already applied: skipped
+    "placeholder",  # a "folder/" key: nothing to write
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    key: str
+    etag: str | None
+    size: int
+    mtime_ns: int
+
+
+@dataclass(slots=True)
+class ReconcilePlan:
+    downloads: list[tuple[RemoteObject, tuple[str, ...]]] = field(default_factory=list)
+    deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    refused: list[UnsafeKey] = field(default_factory=list)
+    up_to_date: int = 0
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(remote.size for remote, _parts in self.downloads)
+
+
+def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
+    """Is the local file still exactly what we last wrote (not drifted)?"""
+    return (
+        entry is not None
+        and entry.present
+        and st is not None
+        and st.st_size == entry.size
+        and st.st_mtime_ns == entry.mtime_ns
+    )
+
+
+class Mirror:
+    """One ``[[mirror]]``: routes keys, applies changes, reconciles."""
+
+    def __init__(self, config: MirrorConfig, s3: Any, ledger: Ledger) -> None:
+        self.config = config
+        self.name = config.name
+        self._s3 = s3
+        self._ledger = ledger
+
+    def covers(self, bucket: str, key: str) -> bool:
+        return self.config.covers(bucket, key)
+
+    def parts(self, key: str) -> tuple[str, ...]:
+        return safe_parts(key, self.config.prefix, self.config.directory)
+
+    async def apply(self, change: ObjectChange) -> Outcome:
+        """Bring the file for ``change.key`` to the object's current state in S3.
+
+        Raises ``UnsafeKey`` for a key that must not be written; any other exception
+        means the change was not applied and the message must come back.
+        """
+        if is_folder_placeholder(change.key):
+            return "placeholder"
+        parts = self.parts(change.key)
+        entry = self._ledger.get(self.name, change.key)
+        if (
+            change.sequencer is not None
+            and entry is not None
+            and entry.sequencer is not None
+            and not sequencer_newer(change.sequencer, entry.sequencer)
+        ):
+            return "stale"
+        if change.kind == "removed" and await self._still_exists(change.key) is False:
+            return self._gone(change.key, parts, change.sequencer)
+        return await self._fetch(change.key, parts, entry, change.sequencer)
+
+    async def _still_exists(self, key: str) -> bool:
+        """HEAD the object: a remove event is only believed once S3 agrees."""
+        try:
+            await self._s3.head_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return False
+            raise
+        return True
+
+    async def _fetch(
+        self, key: str, parts: tuple[str, ...], entry: Entry | None, sequencer: str | None
+    ) -> Outcome:
+        st = local_stat(self.config.directory, parts, key)
+        current = entry.etag if entry is not None and _file_matches(entry, st) else None
+        result = await download(
+            self._s3, self.config.bucket, key, self.config.directory, parts, if_none_match=current
+        )
+        if result == GONE:
+            return self._gone(key, parts, sequencer)
+        if result == NOT_MODIFIED:
+            assert entry is not None and entry.size is not None and entry.mtime_ns is not None
+            self._ledger.record_present(
+                self.name, key, entry.etag, entry.size, entry.mtime_ns, sequencer
+            )
+            return "unchanged"
+        assert isinstance(result, Downloaded)
+        self._ledger.record_present(
+            self.name, key, result.etag, result.size, result.mtime_ns, sequencer
+        )
+        return "downloaded"
+
+    def _gone(self, key: str, parts: tuple[str, ...], sequencer: str | None) -> Outcome:
+        self._ledger.record_absent(self.name, key, sequencer)
+        if not self.config.delete:
+            return "kept"
+        return "deleted" if remove_file(self.config.directory, parts, key) else "absent"
+
+    # -- full reconcile -------------------------------------------------------------
+
+    async def list_remote(self) -> list[RemoteObject]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        objects: list[RemoteObject] = []
+        async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=self.config.prefix):
+            for item in page.get("Contents", ()):
+                etag = str(item.get("ETag", "")).strip('"') or None
+                objects.append(
+                    RemoteObject(
+                        item["Key"], etag, int(item["Size"]), mtime_ns(item["LastModified"])
+                    )
+                )
+        return objects
+
+    async def plan(self) -> ReconcilePlan:
+        """Compare a full listing with the directory: what to fetch, what to delete."""
+        remote = await self.list_remote()
+        directory = self.config.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        entries = self._ledger.entries(self.name)
+        plan = ReconcilePlan()
+        wanted: set[str] = set()
+        for obj in remote:
+            if is_folder_placeholder(obj.key):
+                continue
+            try:
+                parts = self.parts(obj.key)
+                st = local_stat(directory, parts, obj.key)
+            except UnsafeKey as refusal:
+                plan.refused.append(refusal)
+                continue
+            wanted.add("/".join(parts))
+            entry = entries.get(obj.key)
+            if _file_matches(entry, st) and entry is not None and entry.etag == obj.etag:
+                plan.up_to_date += 1
+            else:
+                plan.downloads.append((obj, parts))
+        if self.config.delete:
+            for relative, _st in walk_files(directory):
+                if relative not in wanted:
+                    plan.deletions.append(
+                        (self.config.prefix + relative, tuple(relative.split("/")))
+                    )
+        return plan
+
+    async def execute(
+        self,
+        plan: ReconcilePlan,
+        concurrency: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[BaseException]:
+        """Carry out a plan with ``concurrency`` parallel transfers; return the failures."""
+        failures: list[BaseException] = []
+        work: asyncio.Queue[tuple[RemoteObject, tuple[str, ...]]] = asyncio.Queue()
+        for item in plan.downloads:
+            work.put_nowait(item)
+
+        async def worker() -> None:
+            while not work.empty():
+                obj, parts = work.get_nowait()
+                started = time.monotonic()
+                try:
+                    outcome = await self._fetch(obj.key, parts, None, None)
+                except UnsafeKey as refusal:
+                    log.warning("%s: %s", self.name, refusal)
+                except Exception as exc:
+                    log.error("%s: could not download %s: %s", self.name, obj.key, exc)
+                    failures.append(exc)
+                else:
+                    log.info(
+                        "%s: %s %s (%d bytes, %.0f ms)",
+                        self.name,
+                        outcome,
+                        obj.key,
+                        obj.size,
+                        (time.monotonic() - started) * 1000,
+                    )
+                if on_progress is not None:
+                    on_progress(obj.size)
+
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, work.qsize())))))
+        for key, parts in plan.deletions:
+            if remove_file(self.config.directory, parts, key):
+                self._ledger.record_absent(self.name, key)
+                log.info("%s: deleted %s (not in S3)", self.name, key)
+        return failures
