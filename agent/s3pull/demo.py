@@ -1,0 +1,149 @@
+"""``s3pull demo``: the whole pipeline on an embedded moto server on loopback.
+
+Bucket -> notifications -> SNS topic -> SQS queue -> ``s3pull run`` (a real child
+process, stopped with a real SIGTERM), with uploads, a same-size overwrite and a delete,
+each shown landing on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["run_demo"]
+
+BUCKET = "s3pull-demo"
+
+
+def say(text: str) -> None:
+    print(f"demo  | {text}", flush=True)
+
+
+def _relay(stream: IO[str]) -> None:
+    for line in stream:
+        print(f"agent | {line}", end="", flush=True)
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def _config(endpoint: str, queue_url: str, work: Path) -> Path:
+    path = work / "s3pull.toml"
+    path.write_text(
+        f"""\
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[queue]
+url = "{queue_url}"
+wait_time_seconds = 5
+
+[agent]
+state_directory = "{work / "state"}"
+
+[[mirror]]
+name = "assets"
+bucket = "{BUCKET}"
+prefix = "assets/"
+directory = "{work / "assets"}"
+"""
+    )
+    return path
+
+
+def run_demo(keep: bool = False) -> int:
+    try:
+        from s3pull.emulator import client, create_pipeline, moto_server
+    except ImportError:
+        print("s3pull demo needs the emulator: pip install 's3pull[demo]'", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="s3pull-demo-"))
+    try:
+        with moto_server() as endpoint:
+            say(f"moto server (S3, SNS, SQS) listening on {endpoint}")
+            pipeline = create_pipeline(endpoint, BUCKET)
+            say(
+                f"bucket {BUCKET} -> topic {pipeline.topic_arn.rsplit(':', 1)[1]}"
+                f" -> queue {pipeline.queue_url.rsplit('/', 1)[1]} (raw delivery, dead-letter"
+                " queue after 5 receives)"
+            )
+            s3 = client(endpoint, "s3")
+            s3.put_object(Bucket=BUCKET, Key="assets/index.html", Body=b"<h1>hello</h1>\n")
+            say("uploaded assets/index.html before the agent starts (bootstrap will fetch it)")
+            return _drive(s3, _config(endpoint, pipeline.queue_url, work), work / "assets")
+    finally:
+        if keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _drive(s3: Any, config: Path, mirror: Path) -> int:
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "s3pull", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert agent.stdout is not None
+    relay = threading.Thread(target=_relay, args=(agent.stdout,), daemon=True)
+    relay.start()
+    try:
+        _wait(lambda: (mirror / "index.html").exists(), "the bootstrap")
+        say(f"bootstrap done: {mirror / 'index.html'} is on disk")
+        time.sleep(0.5)  # let the agent reach its first poll, so the output reads in order
+
+        uploads = {
+            "assets/css/site.css": b"body { color: teal; }\n",
+            "assets/img/logo one.svg": b"<svg/>\n",
+            "assets/data/prices.csv": b"sku,price\nA1,100\n",
+        }
+        for key, body in uploads.items():
+            s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+            say(f"uploaded {key} ({len(body)} bytes)")
+        for key, body in uploads.items():
+            target = mirror / key.removeprefix("assets/")
+            _wait(lambda t=target, b=body: t.exists() and t.read_bytes() == b, key)  # type: ignore[misc]
+            say(f"  -> {target} holds the uploaded bytes")
+
+        prices = mirror / "data" / "prices.csv"
+        new_body = b"sku,price\nA1,120\n"  # the same size: size+mtime tools miss this
+        s3.put_object(Bucket=BUCKET, Key="assets/data/prices.csv", Body=new_body)
+        say("overwrote assets/data/prices.csv with different bytes of the same size")
+        _wait(lambda: prices.read_bytes() == new_body, "the overwrite")
+        say(f"  -> {prices} now says A1,120")
+
+        s3.delete_object(Bucket=BUCKET, Key="assets/img/logo one.svg")
+        say("deleted assets/img/logo one.svg")
+        _wait(lambda: not (mirror / "img").exists(), "the delete")
+        say("  -> the file is gone, and its empty folder with it")
+
+        say("files on disk now:")
+        for path in sorted(p for p in mirror.rglob("*") if p.is_file()):
+            say(f"    {path.relative_to(mirror)}  ({path.stat().st_size} bytes)")
+    except TimeoutError as exc:
+        say(f"FAILED: {exc}")
+        agent.kill()
+        return 1
+    finally:
+        if agent.poll() is None:
+            say("sending SIGTERM to the agent")
+            agent.send_signal(signal.SIGTERM)
+        code = agent.wait(timeout=60)
+        relay.join(timeout=5)
+    say(f"agent exited with status {code}")
+    return code

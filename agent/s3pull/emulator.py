@@ -1,0 +1,123 @@
+"""A local AWS for the demo and the tests: a moto server on loopback, wired the way
+production is (bucket notifications -> SNS topic -> SQS queue with a dead-letter queue).
+
+Needs the ``demo`` extra (moto); never imported by the daemon itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+__all__ = ["DUMMY_CREDENTIALS", "Pipeline", "create_pipeline", "moto_server"]
+
+DUMMY_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+NOTIFIED_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:LifecycleExpiration:*"]
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Start a moto server on a free loopback port; yield its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    # werkzeug logs every request at INFO, which would drown the demo's own output.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    for name, value in DUMMY_CREDENTIALS.items():
+        os.environ.setdefault(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def client(endpoint: str, service: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=DUMMY_CREDENTIALS["AWS_REGION"],
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    endpoint: str
+    bucket: str
+    topic_arn: str
+    queue_url: str
+    dead_letter_url: str
+
+
+def create_pipeline(
+    endpoint: str, name: str, *, raw_delivery: bool = True, max_receive_count: int = 5
+) -> Pipeline:
+    """Bucket ``name`` notifying topic ``name``, fanned out to queue ``name``."""
+    s3, sns, sqs = (client(endpoint, service) for service in ("s3", "sns", "sqs"))
+    s3.create_bucket(Bucket=name)
+    topic_arn = sns.create_topic(Name=name)["TopicArn"]
+    dead_letter_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dead_letter_arn = _queue_arn(sqs, dead_letter_url)
+    queue_url = sqs.create_queue(
+        QueueName=name,
+        Attributes={
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": max_receive_count}
+            )
+        },
+    )["QueueUrl"]
+    queue_arn = _queue_arn(sqs, queue_url)
+    sqs.set_queue_attributes(
+        QueueUrl=queue_url,
+        Attributes={
+            "Policy": json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sns.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": queue_arn,
+                            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                        }
+                    ],
+                }
+            )
+        },
+    )
+    sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=queue_arn,
+        Attributes={"RawMessageDelivery": "true" if raw_delivery else "false"},
+    )
+    s3.put_bucket_notification_configuration(
+        Bucket=name,
+        NotificationConfiguration={
+            "TopicConfigurations": [{"TopicArn": topic_arn, "Events": NOTIFIED_EVENTS}]
+        },
+    )
+    return Pipeline(endpoint, name, topic_arn, queue_url, dead_letter_url)
+
+
+def _queue_arn(sqs: Any, url: str) -> str:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return str(attributes["Attributes"]["QueueArn"])

@@ -1,0 +1,139 @@
+"""Shared fixtures: one moto server per session, a fresh bucket/topic/queue per test, and
+the agent as a real subprocess that real signals stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3pull.emulator import DUMMY_CREDENTIALS, Pipeline, client, create_pipeline, moto_server
+
+AGENT_ENV = {**os.environ, **DUMMY_CREDENTIALS, "PYTHONUNBUFFERED": "1"}
+AGENT_ENV.pop("NOTIFY_SOCKET", None)
+AGENT_ENV.pop("JOURNAL_STREAM", None)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout.
+
+    The timeout is a safety net against hangs, never the thing being measured.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def pipeline(moto_endpoint: str) -> Pipeline:
+    return create_pipeline(moto_endpoint, f"t-{uuid.uuid4().hex[:16]}", max_receive_count=2)
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> Any:
+    return client(moto_endpoint, "s3")
+
+
+@pytest.fixture
+def sqs(moto_endpoint: str) -> Any:
+    return client(moto_endpoint, "sqs")
+
+
+def render_config(
+    pipeline: Pipeline, state: Path, mirrors: list[dict[str, Any]], extra: str = ""
+) -> str:
+    lines = [
+        "[aws]",
+        'region = "us-east-1"',
+        f'endpoint_url = "{pipeline.endpoint}"',
+        "[queue]",
+        f'url = "{pipeline.queue_url}"',
+        "wait_time_seconds = 1",
+        "visibility_timeout = 2",
+        "[agent]",
+        f'state_directory = "{state}"',
+        "concurrency = 8",
+    ]
+    for mirror in mirrors:
+        lines.append("[[mirror]]")
+        for key, value in mirror.items():
+            rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
+            lines.append(f"{key} = {rendered}")
+    return "\n".join(lines) + "\n" + extra
+
+
+class Agent:
+    """``s3pull run`` as a child process, its log captured to a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log_path = log
+        self._log_file = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "s3pull", "run", "--config", str(config)],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=AGENT_ENV,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0, count: int = 1) -> None:
+        def seen() -> bool:
+            if self.process.poll() is not None and self.log.count(text) < count:
+                pytest.fail(f"agent exited {self.process.returncode}:\n{self.log}")
+            return self.log.count(text) >= count
+
+        wait_until(seen, timeout, f"{text!r} in the agent log")
+
+    def wait_ready(self) -> None:
+        self.wait_for_log("ready: polling")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[Callable[[Path], Agent]]:
+    agents: list[Agent] = []
+
+    def start(config: Path) -> Agent:
+        agent = Agent(config, tmp_path / f"agent-{len(agents)}.log")
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.kill()
