@@ -84,7 +84,7 @@ def render_config(
 class Agent:
     """``s3pull run`` as a child process, its log captured to a file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log
         self._log_file = log.open("ab")
@@ -92,7 +92,7 @@ class Agent:
             [sys.executable, "-m", "s3pull", "run", "--config", str(config)],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=AGENT_ENV,
+            env={**AGENT_ENV, **(env or {})},
         )
 
     @property
@@ -126,11 +126,11 @@ class Agent:
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[Callable[[Path], Agent]]:
+def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
-    def start(config: Path) -> Agent:
-        agent = Agent(config, tmp_path / f"agent-{len(agents)}.log")
+    def start(config: Path, env: dict[str, str] | None = None) -> Agent:
+        agent = Agent(config, tmp_path / f"agent-{len(agents)}.log", env)
         agents.append(agent)
         return agent
 

@@ -381,3 +381,56 @@ def test_agent_waits_for_an_unreachable_endpoint_instead_of_exiting(
     agent.wait_for_log("checking the queue failed, retrying in", timeout=90)
     assert agent.process.poll() is None
     assert agent.stop(timeout=10) == 0
+
+
+def test_a_change_that_fails_is_not_deleted_and_ends_in_the_dead_letter_queue(
+    s3: Any,
+    sqs: Any,
+    pipeline: Pipeline,
+    tmp_path: Path,
+    start_agent: Callable[[Path], Agent],
+) -> None:
+    # A mirror of a bucket that does not exist: every GET fails with NoSuchBucket, a
+    # real error that retrying cannot fix, so the redrive policy must end it.
+    config = tmp_path / "failing.toml"
+    config.write_text(
+        render_config(
+            pipeline,
+            tmp_path / "state",
+            [
+                {
+                    "name": "data",
+                    "bucket": pipeline.bucket,
+                    "prefix": "data/",
+                    "directory": tmp_path / "mirror",
+                },
+                {
+                    "name": "broken",
+                    "bucket": "no-such-bucket-here",
+                    "prefix": "",
+                    "directory": tmp_path / "broken",
+                },
+            ],
+        )
+    )
+    agent = start_agent(config)
+    agent.wait_for_log("broken: could not be reconciled at start-up")
+    agent.wait_ready()  # the broken mirror does not hold the others hostage
+
+    body = s3_event(pipeline, "ObjectCreated:Put", "x.txt", size=1).replace(
+        pipeline.bucket, "no-such-bucket-here"
+    )
+    sqs.send_message(QueueUrl=pipeline.queue_url, MessageBody=body)
+    s3.put_object(Bucket=pipeline.bucket, Key="data/fine.txt", Body=b"fine")
+    wait_until(lambda: (tmp_path / "mirror" / "fine.txt").exists(), what="healthy mirror")
+
+    agent.wait_for_log("broken: could not apply ObjectCreated:Put to x.txt, will retry")
+
+    # max_receive_count is 2: after the second failed receive SQS dead-letters it.
+    def dead_lettered() -> list[str]:
+        response = sqs.receive_message(QueueUrl=pipeline.dead_letter_url, WaitTimeSeconds=1)
+        return [m["Body"] for m in response.get("Messages", ())]
+
+    assert wait_until(dead_lettered, timeout=60, what="the dead-letter queue") == [body]
+    assert agent.log.count("broken: could not apply ObjectCreated:Put to x.txt") >= 2
+    assert agent.stop() == 0

@@ -154,17 +154,47 @@ class Daemon:
                 QueueUrl=inbox.queue_url, AttributeNames=["QueueArn"]
             ),
         )
+        await self._bootstrap(mirrors)
+
+    async def _bootstrap(self, mirrors: list[Mirror]) -> None:
+        """Reconcile every mirror; give a failing one a few tries, then go on without it.
+
+        A mirror that cannot be listed (a wrong bucket, missing permissions) must not
+        keep every other mirror from applying its changes; its own events are still
+        applied as they come.
+        """
+        pending = list(mirrors)
         for attempt in range(1, BOOTSTRAP_PASSES + 1):
-            if self.should_exit:
-                return
-            report = await self._retrying(
-                "reconciling", lambda: reconcile_all(mirrors, self.config.agent.concurrency)
+            failed: list[Mirror] = []
+            for mirror in pending:
+                job = reconcile_all([mirror], self.config.agent.concurrency)
+                try:
+                    report = await self._unless_stopping(asyncio.ensure_future(job))
+                except TRANSIENT_ERRORS as exc:
+                    log.warning(
+                        "%s: reconcile failed (attempt %d of %d): %s",
+                        mirror.name,
+                        attempt,
+                        BOOTSTRAP_PASSES,
+                        exc,
+                    )
+                    failed.append(mirror)
+                    continue
+                if report is None:
+                    return  # stopping
+                if report.failed:
+                    failed.append(mirror)
+            pending = failed
+            if not pending or attempt == BOOTSTRAP_PASSES:
+                break
+            await self._sleep(BACKOFF_FIRST * 2 ** (attempt - 1))
+        for mirror in pending:
+            self.stats.errors += 1
+            log.error(
+                "%s: could not be reconciled at start-up; its events are still applied."
+                " Run `s3pull sync` or restart the agent to retry",
+                mirror.name,
             )
-            if report is None or not report.failed:
-                return
-            log.warning("bootstrap pass %d left %d object(s) unsynced", attempt, report.failed)
-            await self._sleep(BACKOFF_FIRST * 2**attempt)
-        log.error("some objects could not be synced at start-up; later events will retry them")
 
     async def _main_loop(self, inbox: Inbox, mirrors: list[Mirror]) -> None:
         deleter = asyncio.create_task(inbox.delete_forever(), name="deleter")

@@ -162,7 +162,6 @@ class Mirror:
         """Compare a full listing with the directory: what to fetch, what to delete."""
         remote = await self.list_remote()
         directory = self.config.directory
-        directory.mkdir(parents=True, exist_ok=True)
         entries = self._ledger.entries(self.name)
         plan = ReconcilePlan()
         wanted: set[str] = set()
@@ -197,6 +196,7 @@ class Mirror:
     ) -> list[BaseException]:
         """Carry out a plan with ``concurrency`` parallel transfers; return the failures."""
         failures: list[BaseException] = []
+        self.config.directory.mkdir(parents=True, exist_ok=True)
         work: asyncio.Queue[tuple[RemoteObject, tuple[str, ...]]] = asyncio.Queue()
         for item in plan.downloads:
             work.put_nowait(item)

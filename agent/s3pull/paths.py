@@ -116,7 +116,12 @@ class _Walk:
         self.fds: list[int] = []
         self.complete = False
         try:
-            self._push(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            try:
+                self._push(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                if create:
+                    raise
+                return  # no directory yet, so no file either
             for name in parts[:-1]:
                 fd = _open_child_dir(self.fds[-1], name, key, create)
                 if fd is None:
