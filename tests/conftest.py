@@ -3,6 +3,7 @@ the agent as a real subprocess that real signals stop."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,27 +59,41 @@ def sqs(moto_endpoint: str) -> Any:
     return client(moto_endpoint, "sqs")
 
 
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
 def render_config(
-    pipeline: Pipeline, state: Path, mirrors: list[dict[str, Any]], extra: str = ""
+    pipeline: Pipeline,
+    state: Path,
+    mirrors: list[dict[str, Any]],
+    triggers: list[dict[str, Any]] | None = None,
+    queue: dict[str, Any] | None = None,
 ) -> str:
-    lines = [
-        "[aws]",
-        'region = "us-east-1"',
-        f'endpoint_url = "{pipeline.endpoint}"',
-        "[queue]",
-        f'url = "{pipeline.queue_url}"',
-        "wait_time_seconds = 1",
-        "visibility_timeout = 2",
-        "[agent]",
-        f'state_directory = "{state}"',
-        "concurrency = 8",
+    queue_settings = {
+        "url": pipeline.queue_url,
+        "wait_time_seconds": 1,
+        "visibility_timeout": 2,
+        **(queue or {}),
+    }
+    tables: list[tuple[str, dict[str, Any]]] = [
+        ("[aws]", {"region": "us-east-1", "endpoint_url": pipeline.endpoint}),
+        ("[queue]", queue_settings),
+        ("[agent]", {"state_directory": state, "concurrency": 8}),
+        *(("[[mirror]]", mirror) for mirror in mirrors),
+        *(("[[trigger]]", trigger) for trigger in triggers or ()),
     ]
-    for mirror in mirrors:
-        lines.append("[[mirror]]")
-        for key, value in mirror.items():
-            rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
-            lines.append(f"{key} = {rendered}")
-    return "\n".join(lines) + "\n" + extra
+    lines = []
+    for header, table in tables:
+        lines.append(header)
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
+    return "\n".join(lines) + "\n"
 
 
 class Agent:

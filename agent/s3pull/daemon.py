@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -28,6 +29,7 @@ from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
 from s3pull.paths import remove_leftover_temp_files
 from s3pull.reconcile import reconcile_all
+from s3pull.trigger import Trigger
 
 __all__ = ["DRAIN_DEADLINE_SECONDS", "Daemon"]
 
@@ -49,6 +51,8 @@ class Stats:
     applied: int = 0
     refused: int = 0
     errors: int = 0
+    trigger_runs: int = 0
+    trigger_failures: int = 0
     phase: str = "starting"
     last_change_at: float | None = None
 
@@ -58,10 +62,24 @@ class Stats:
             if self.last_change_at is not None
             else ""
         )
+        runs = (
+            f", {self.trigger_runs} batches run, {self.trigger_failures} failed"
+            if self.trigger_runs or self.trigger_failures
+            else ""
+        )
         return (
             f"{self.phase}; {self.applied} changes applied, {self.refused} refused,"
-            f" {self.errors} errors{ago}"
+            f" {self.errors} errors{runs}{ago}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """One queue and what its messages are applied to."""
+
+    inbox: Inbox
+    mirrors: list[Mirror]
+    triggers: list[Trigger]
 
 
 class KeyLocks:
@@ -122,38 +140,64 @@ class Daemon:
         try:
             async with open_clients(self.config) as clients:
                 mirrors = [Mirror(m, clients.s3, ledger) for m in self.config.mirrors]
-                inbox = Inbox(
-                    clients.sqs,
-                    queue_url,
-                    self.config.queue.wait_time_seconds,
-                    self.config.queue.visibility_timeout,
-                )
-                await self._startup(clients, inbox, mirrors)
+                triggers = [
+                    Trigger(t, clients.s3, ledger, self.config.agent.concurrency)
+                    for t in self.config.triggers
+                ]
+                consumers = self._consumers(clients, queue_url, mirrors, triggers)
+                await self._startup(clients, consumers, mirrors, triggers)
                 if not self.should_exit:
-                    await self._main_loop(inbox, mirrors)
-                await self._shutdown(inbox)
+                    await self._main_loop(consumers)
+                await self._shutdown(consumers)
         finally:
             ledger.close()
         log.info("stopped: %s", self.stats.line())
         return 0
 
-    async def _startup(self, clients: Clients, inbox: Inbox, mirrors: list[Mirror]) -> None:
+    def _consumers(
+        self, clients: Clients, queue_url: str, mirrors: list[Mirror], triggers: list[Trigger]
+    ) -> list[Consumer]:
+        """The server's own queue feeds every mirror and the triggers without a queue of
+        their own; each shared trigger queue feeds only its triggers (one server of the
+        fleet takes each marker)."""
+        queue = self.config.queue
+
+        def inbox(url: str) -> Inbox:
+            return Inbox(clients.sqs, url, queue.wait_time_seconds, queue.visibility_timeout)
+
+        own = [t for t in triggers if not t.config.queue_url]
+        consumers = [Consumer(inbox(queue_url), mirrors, own)]
+        shared_urls = dict.fromkeys(t.config.queue_url for t in triggers if t.config.queue_url)
+        for url in shared_urls:
+            shared = [t for t in triggers if t.config.queue_url == url]
+            consumers.append(Consumer(inbox(url), [], shared))
+        return consumers
+
+    async def _startup(
+        self,
+        clients: Clients,
+        consumers: list[Consumer],
+        mirrors: list[Mirror],
+        triggers: list[Trigger],
+    ) -> None:
         self._set_phase("bootstrapping")
-        for mirror in mirrors:
-            mirror.config.directory.mkdir(parents=True, exist_ok=True)
-            removed = remove_leftover_temp_files(mirror.config.directory)
+        directories = [m.config.directory for m in mirrors] + [t.config.directory for t in triggers]
+        for directory in directories:
+            directory.mkdir(parents=True, exist_ok=True)
+            removed = remove_leftover_temp_files(directory)
             if removed:
                 log.info(
-                    "%s: removed %d temporary file(s) left by an earlier run", mirror.name, removed
+                    "%s: removed %d temporary file(s) left by an earlier run", directory, removed
                 )
-        # The queue must exist before the reconcile lists S3: changes made while the
+        # The queues must exist before the reconcile lists S3: changes made while the
         # listing runs then wait in the queue instead of falling into a gap.
-        await self._retrying(
-            "checking the queue",
-            lambda: clients.sqs.get_queue_attributes(
-                QueueUrl=inbox.queue_url, AttributeNames=["QueueArn"]
-            ),
-        )
+        for consumer in consumers:
+            check = functools.partial(
+                clients.sqs.get_queue_attributes,
+                QueueUrl=consumer.inbox.queue_url,
+                AttributeNames=["QueueArn"],
+            )
+            await self._retrying("checking the queue", check)
         await self._bootstrap(mirrors)
 
     async def _bootstrap(self, mirrors: list[Mirror]) -> None:
@@ -196,48 +240,55 @@ class Daemon:
                 mirror.name,
             )
 
-    async def _main_loop(self, inbox: Inbox, mirrors: list[Mirror]) -> None:
-        deleter = asyncio.create_task(inbox.delete_forever(), name="deleter")
-        ticker = asyncio.create_task(self._tick(), name="tick")
-        backoff = BACKOFF_FIRST
-        ready = False
+    async def _main_loop(self, consumers: list[Consumer]) -> None:
+        helpers = [asyncio.create_task(self._tick(), name="tick")]
+        helpers += [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
         try:
-            while not self.should_exit:
-                receive = asyncio.ensure_future(inbox.receive())
-                if not ready:
-                    ready = True
-                    self._set_phase("in sync")
-                    self.notifier.ready(self.stats.line())
-                    log.info("ready: polling %s", inbox.queue_url)
-                try:
-                    messages = await self._unless_stopping(receive)
-                except TRANSIENT_ERRORS as exc:
-                    self._set_phase(f"backing off: SQS receive failed: {exc}")
-                    log.warning("SQS receive failed, retrying in %.0f s: %s", backoff, exc)
-                    await self._sleep(backoff * random.uniform(0.5, 1.0))
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-                if messages is None:
-                    break  # stopping: the long poll was cut short
-                if backoff > BACKOFF_FIRST:
-                    backoff = BACKOFF_FIRST
-                    self._set_phase("in sync")
-                    log.info("SQS receive works again")
-                for message in messages:
-                    await self._message_slots.acquire()
-                    task = asyncio.create_task(self._handle(inbox, mirrors, message))
-                    self._work.add(task)
-                    task.add_done_callback(self._finished)
+            pollers = [asyncio.ensure_future(self._poll(consumer)) for consumer in consumers]
+            self._set_phase("in sync")
+            self.notifier.ready(self.stats.line())
+            await asyncio.gather(*pollers)
         finally:
-            ticker.cancel()
-            deleter.cancel()
-            await asyncio.gather(ticker, deleter, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _poll(self, consumer: Consumer) -> None:
+        """Long-poll one queue until stopped, handing each message to its own task."""
+        inbox = consumer.inbox
+        log.info("ready: polling %s", inbox.queue_url)
+        backoff = BACKOFF_FIRST
+        while not self.should_exit:
+            try:
+                messages = await self._unless_stopping(asyncio.ensure_future(inbox.receive()))
+            except TRANSIENT_ERRORS as exc:
+                self._set_phase(f"backing off: SQS receive failed: {exc}")
+                log.warning(
+                    "SQS receive from %s failed, retrying in %.0f s: %s",
+                    inbox.queue_url,
+                    backoff,
+                    exc,
+                )
+                await self._sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if messages is None:
+                return  # stopping: the long poll was cut short
+            if backoff > BACKOFF_FIRST:
+                backoff = BACKOFF_FIRST
+                self._set_phase("in sync")
+                log.info("SQS receive from %s works again", inbox.queue_url)
+            for message in messages:
+                await self._message_slots.acquire()
+                task = asyncio.create_task(self._handle(consumer, message))
+                self._work.add(task)
+                task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._work.discard(task)
         self._message_slots.release()
 
-    async def _shutdown(self, inbox: Inbox) -> None:
+    async def _shutdown(self, consumers: list[Consumer]) -> None:
         self.notifier.stopping(f"stopping: {len(self._work)} message(s) in flight")
         if self._work:
             log.info(
@@ -261,11 +312,13 @@ class Daemon:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        await inbox.flush()
+        for consumer in consumers:
+            await consumer.inbox.flush()
 
     # -- one message -----------------------------------------------------------------
 
-    async def _handle(self, inbox: Inbox, mirrors: list[Mirror], message: Message) -> None:
+    async def _handle(self, consumer: Consumer, message: Message) -> None:
+        inbox = consumer.inbox
         try:
             notification = parse_body(message.body)
         except UnparseableBody as exc:
@@ -287,7 +340,7 @@ class Daemon:
         try:
             async with inbox.kept_invisible(message):
                 results = await asyncio.gather(
-                    *(self._apply(mirrors, change) for change in notification.changes),
+                    *(self._apply(consumer, change) for change in notification.changes),
                     return_exceptions=True,
                 )
         except asyncio.CancelledError:
@@ -298,46 +351,91 @@ class Daemon:
             return
         inbox.ack(message)
 
-    async def _apply(self, mirrors: list[Mirror], change: ObjectChange) -> None:
-        targets = [m for m in mirrors if m.covers(change.bucket, change.key)]
-        if not targets:
-            log.info(
-                "no mirror covers s3://%s/%s, ignoring %s",
+    async def _apply(self, consumer: Consumer, change: ObjectChange) -> None:
+        """Apply one change to every mirror covering it and run the trigger it completes.
+
+        Raises when any of them failed, so the message comes back; refusals do not.
+        """
+        mirrors = [m for m in consumer.mirrors if m.covers(change.bucket, change.key)]
+        markers = [t for t in consumer.triggers if t.is_marker(change)]
+        for mirror in mirrors:
+            await self._apply_to_mirror(mirror, change)
+        for trigger in markers:
+            await self._run_trigger(trigger, change)
+        if not mirrors and not markers:
+            covered = any(t.config.covers(change.bucket, change.key) for t in consumer.triggers)
+            # A batch's own files are fetched when its marker comes: nothing to say then.
+            (log.debug if covered else log.info)(
+                "nothing here covers s3://%s/%s, ignoring %s",
                 change.bucket,
                 change.key,
                 change.event_name,
             )
-            return
-        for mirror in targets:
-            async with self._key_locks.hold((mirror.name, change.key)), self._transfers:
-                started = time.monotonic()
-                try:
-                    outcome = await mirror.apply(change)
-                except UnsafeKey as refusal:
-                    self.stats.refused += 1
-                    log.warning("%s: %s", mirror.name, refusal)
-                    continue
-                except Exception as exc:
-                    self.stats.errors += 1
-                    log.error(
-                        "%s: could not apply %s to %s, will retry: %s: %s",
-                        mirror.name,
-                        change.event_name,
-                        change.key,
-                        type(exc).__name__,
-                        exc,
-                    )
-                    raise
-                self.stats.applied += 1
-                self.stats.last_change_at = time.monotonic()
-                log.info(
-                    "%s: %s %s (%s, %.0f ms)",
+
+    async def _apply_to_mirror(self, mirror: Mirror, change: ObjectChange) -> None:
+        async with self._key_locks.hold((mirror.name, change.key)), self._transfers:
+            started = time.monotonic()
+            try:
+                outcome = await mirror.apply(change)
+            except UnsafeKey as refusal:
+                self.stats.refused += 1
+                log.warning("%s: %s", mirror.name, refusal)
+                return
+            except Exception as exc:
+                self.stats.errors += 1
+                log.error(
+                    "%s: could not apply %s to %s, will retry: %s: %s",
                     mirror.name,
-                    outcome,
-                    change.key,
                     change.event_name,
-                    (time.monotonic() - started) * 1000,
+                    change.key,
+                    type(exc).__name__,
+                    exc,
                 )
+                raise
+            self.stats.applied += 1
+            self.stats.last_change_at = time.monotonic()
+            log.info(
+                "%s: %s %s (%s, %.0f ms)",
+                mirror.name,
+                outcome,
+                change.key,
+                change.event_name,
+                (time.monotonic() - started) * 1000,
+            )
+
+    async def _run_trigger(self, trigger: Trigger, change: ObjectChange) -> None:
+        batch = trigger.batch_prefix(change.key)
+        # One run per batch at a time; the batch's downloads have their own worker pool,
+        # so no transfer slot is held while the command runs.
+        async with self._key_locks.hold((f"trigger:{trigger.name}", batch)):
+            started = time.monotonic()
+            try:
+                outcome = await trigger.run(change)
+            except UnsafeKey as refusal:
+                self.stats.refused += 1
+                log.error("%s: batch %s refused: %s", trigger.name, batch, refusal)
+                return
+            except Exception as exc:
+                self.stats.errors += 1
+                self.stats.trigger_failures += 1
+                log.error(
+                    "%s: batch %s failed (receive will be retried): %s: %s",
+                    trigger.name,
+                    batch,
+                    type(exc).__name__,
+                    exc,
+                )
+                raise
+            if outcome == "succeeded":
+                self.stats.trigger_runs += 1
+            log.info(
+                "%s: batch %s %s (%s, %.1f s)",
+                trigger.name,
+                batch,
+                outcome,
+                change.key,
+                time.monotonic() - started,
+            )
 
     # -- helpers ---------------------------------------------------------------------
 

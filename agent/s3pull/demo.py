@@ -7,6 +7,7 @@ each shown landing on disk.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,19 @@ from typing import IO, Any
 __all__ = ["run_demo"]
 
 BUCKET = "s3pull-demo"
+
+# The "business process" the trigger starts: run without a shell, in the batch directory,
+# with the batch described by S3PULL_* variables. It leaves a receipt outside the batch.
+BUSINESS_PROCESS = """\
+import os, sys
+files = sorted(os.path.join(d, n)[2:] for d, _, names in os.walk(".") for n in names)
+batch = os.environ["S3PULL_BATCH_PREFIX"]
+print(f"business process: batch {batch} in {os.getcwd()}")
+for name in files:
+    print(f"  {name}: {os.path.getsize(name)} bytes")
+receipt = os.path.join(sys.argv[1], batch.strip("/").replace("/", "_") + ".done")
+open(receipt, "w").write("\\n".join(files))
+"""
 
 
 def say(text: str) -> None:
@@ -42,6 +56,8 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 def _config(endpoint: str, queue_url: str, work: Path) -> Path:
     path = work / "s3pull.toml"
+    command = [sys.executable, "-c", BUSINESS_PROCESS, str(work / "receipts")]
+    (work / "receipts").mkdir()
     path.write_text(
         f"""\
 [aws]
@@ -60,6 +76,15 @@ name = "assets"
 bucket = "{BUCKET}"
 prefix = "assets/"
 directory = "{work / "assets"}"
+
+[[trigger]]
+name = "orders"
+bucket = "{BUCKET}"
+prefix = "incoming/"
+marker = "_READY"
+directory = "{work / "incoming"}"
+command = {json.dumps(command)}
+timeout_seconds = 60
 """
     )
     return path
@@ -84,7 +109,7 @@ def run_demo(keep: bool = False) -> int:
             s3 = client(endpoint, "s3")
             s3.put_object(Bucket=BUCKET, Key="assets/index.html", Body=b"<h1>hello</h1>\n")
             say("uploaded assets/index.html before the agent starts (bootstrap will fetch it)")
-            return _drive(s3, _config(endpoint, pipeline.queue_url, work), work / "assets")
+            return _drive(s3, _config(endpoint, pipeline.queue_url, work), work)
     finally:
         if keep:
             say(f"kept {work}")
@@ -92,7 +117,8 @@ def run_demo(keep: bool = False) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _drive(s3: Any, config: Path, mirror: Path) -> int:
+def _drive(s3: Any, config: Path, work: Path) -> int:
+    mirror = work / "assets"
     agent = subprocess.Popen(
         [sys.executable, "-m", "s3pull", "run", "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -135,6 +161,19 @@ def _drive(s3: Any, config: Path, mirror: Path) -> int:
         say("files on disk now:")
         for path in sorted(p for p in mirror.rglob("*") if p.is_file()):
             say(f"    {path.relative_to(mirror)}  ({path.stat().st_size} bytes)")
+
+        batch = "incoming/2026-11-30/"
+        for name, body in (("orders-1.csv", b"id,qty\n1,5\n"), ("orders-2.csv", b"id,qty\n2,7\n")):
+            s3.put_object(Bucket=BUCKET, Key=batch + name, Body=body)
+            say(f"uploaded {batch}{name}")
+        s3.put_object(Bucket=BUCKET, Key=batch + "_READY", Body=b"")
+        say(f"uploaded the marker {batch}_READY: the batch is complete")
+        receipt = work / "receipts" / "incoming_2026-11-30.done"
+        _wait(receipt.exists, "the business process")
+        say(
+            f"  -> the command ran once on {work / 'incoming' / '2026-11-30'}"
+            f" and saw: {', '.join(receipt.read_text().split())}"
+        )
     except TimeoutError as exc:
         say(f"FAILED: {exc}")
         agent.kill()

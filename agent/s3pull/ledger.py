@@ -9,6 +9,7 @@ costs a full re-download, never correctness: S3 stays the truth.
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,13 @@ CREATE TABLE IF NOT EXISTS objects (
     mtime_ns  INTEGER,           -- the mtime we gave the file (S3 LastModified)
     sequencer TEXT,              -- newest event sequencer applied, when S3 sent one
     PRIMARY KEY (mirror, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trigger_runs (
+    trigger      TEXT NOT NULL,
+    event_id     TEXT NOT NULL,  -- identifies one marker event, redeliveries included
+    batch_prefix TEXT NOT NULL,
+    finished_at  REAL NOT NULL,  -- unix time
+    PRIMARY KEY (trigger, event_id)
 ) WITHOUT ROWID;
 """
 
@@ -114,6 +122,20 @@ class Ledger:
             "INSERT OR REPLACE INTO objects (mirror, key, present, etag, size, mtime_ns, sequencer)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (mirror, key, int(present), etag, size, mtime_ns, sequencer),
+        )
+
+    def trigger_ran(self, trigger: str, event_id: str) -> bool:
+        """Did a command already succeed for this marker event?"""
+        row = self._db.execute(
+            "SELECT 1 FROM trigger_runs WHERE trigger = ? AND event_id = ?", (trigger, event_id)
+        ).fetchone()
+        return row is not None
+
+    def record_trigger_run(self, trigger: str, event_id: str, batch_prefix: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO trigger_runs (trigger, event_id, batch_prefix, finished_at)"
+            " VALUES (?, ?, ?, ?)",
+            (trigger, event_id, batch_prefix, time.time()),
         )
 
     def forget(self, mirror: str, key: str) -> None:

@@ -145,10 +145,12 @@ class Mirror:
 
     # -- full reconcile -------------------------------------------------------------
 
-    async def list_remote(self) -> list[RemoteObject]:
+    async def list_remote(self, under: str | None = None) -> list[RemoteObject]:
+        """Every object under the mirror's prefix (or the narrower prefix ``under``)."""
         paginator = self._s3.get_paginator("list_objects_v2")
         objects: list[RemoteObject] = []
-        async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=self.config.prefix):
+        prefix = self.config.prefix if under is None else under
+        async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
             for item in page.get("Contents", ()):
                 etag = str(item.get("ETag", "")).strip('"') or None
                 objects.append(
@@ -158,9 +160,10 @@ class Mirror:
                 )
         return objects
 
-    async def plan(self) -> ReconcilePlan:
+    async def plan(self, remote: list[RemoteObject] | None = None) -> ReconcilePlan:
         """Compare a full listing with the directory: what to fetch, what to delete."""
-        remote = await self.list_remote()
+        if remote is None:
+            remote = await self.list_remote()
         directory = self.config.directory
         entries = self._ledger.entries(self.name)
         plan = ReconcilePlan()

@@ -23,6 +23,7 @@ from s3pull.errors import UnsafeKey
 __all__ = [
     "TEMP_PREFIX",
     "AtomicWriter",
+    "ensure_directory",
     "is_folder_placeholder",
     "local_stat",
     "remove_file",
@@ -190,6 +191,12 @@ def local_stat(root: Path, parts: tuple[str, ...], key: str) -> os.stat_result |
         if not walk.complete:
             return None
         return _final_stat(walk.parent_fd, parts[-1], key)
+
+
+def ensure_directory(root: Path, parts: tuple[str, ...], key: str) -> Path:
+    """Create ``root/parts`` as real directories (never through a symlink); return it."""
+    with _Walk(root, (*parts, ""), key, create=True):
+        return root.joinpath(*parts)
 
 
 def remove_file(root: Path, parts: tuple[str, ...], key: str) -> bool:
