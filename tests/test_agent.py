@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -433,4 +434,68 @@ def test_a_change_that_fails_is_not_deleted_and_ends_in_the_dead_letter_queue(
 
     assert wait_until(dead_lettered, timeout=60, what="the dead-letter queue") == [body]
     assert agent.log.count("broken: could not apply ObjectCreated:Put to x.txt") >= 2
+    assert agent.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "then_delete", "then_put"),
+    [
+        ("a/b", "a/b", "a"),  # a directory left by an applied event stands in a file's way
+        ("a", "a", "a/b"),  # a file left by an applied event stands in a directory's way
+    ],
+)
+def test_reordered_file_and_directory_events_end_equal_to_s3(
+    s3: Any,
+    sqs: Any,
+    pipeline: Pipeline,
+    tmp_path: Path,
+    start_agent: Callable[[Path], Agent],
+    first: str,
+    then_delete: str,
+    then_put: str,
+) -> None:
+    # A bucket without notifications: every event is delivered by hand, in the order
+    # put(first), put(then_put), delete(then_delete) although S3 saw the delete first.
+    quiet = f"quiet-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=quiet)
+    config = tmp_path / "quiet.toml"
+    mirror_dir = tmp_path / "quiet-mirror"
+    config.write_text(
+        render_config(
+            pipeline,
+            tmp_path / "state",
+            [{"name": "q", "bucket": quiet, "prefix": "", "directory": mirror_dir}],
+        )
+    )
+    agent = start_agent(config)
+    agent.wait_ready()
+
+    def deliver(event_name: str, key: str) -> None:
+        body = s3_event(pipeline, event_name, key, size=1).replace(pipeline.bucket, quiet)
+        sqs.send_message(QueueUrl=pipeline.queue_url, MessageBody=body)
+        agent.wait_for_log(f"{key} ({event_name}")
+
+    s3.put_object(Bucket=quiet, Key=first, Body=b"first")
+    deliver("ObjectCreated:Put", first)
+    assert files_under(mirror_dir) == {first: b"first"}
+
+    s3.delete_object(Bucket=quiet, Key=then_delete)
+    s3.put_object(Bucket=quiet, Key=then_put, Body=b"survivor")
+    deliver("ObjectCreated:Put", then_put)
+    deliver("ObjectRemoved:Delete", then_delete)
+
+    assert files_under(mirror_dir) == {then_put: b"survivor"}
+    assert f"deleted {first} (no longer in S3, in the way of {then_put})" in agent.log
+    wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
+    assert agent.stop() == 0
+
+
+def test_sighup_does_not_kill_the_daemon(
+    config_path: Path, start_agent: Callable[[Path], Agent]
+) -> None:
+    agent = start_agent(config_path)
+    agent.wait_ready()
+    agent.process.send_signal(signal.SIGHUP)
+    agent.wait_for_log("received SIGHUP: configuration reload is not supported yet")
+    assert agent.process.poll() is None
     assert agent.stop() == 0

@@ -514,11 +514,13 @@ def test_remove_file_missing(tree: Tree) -> None:
     assert snapshot(tree.tmp) == before
 
 
-def test_remove_file_refuses_a_directory(tree: Tree) -> None:
+def test_remove_file_leaves_a_directory_alone(tree: Tree) -> None:
+    # A directory where the file would be, or a file where a directory of the path would
+    # be, means the file is not there: nothing is removed, nothing is refused.
     (tree.root / "a").mkdir()
     (tree.root / "a" / "b").write_bytes(b"b")
-    with pytest.raises(UnsafeKey):
-        remove_file(tree.root, ("a",), "prefix/a")
+    assert remove_file(tree.root, ("a",), "prefix/a") is False
+    assert remove_file(tree.root, ("a", "b", "c"), "prefix/a/b/c") is False
     assert (tree.root / "a" / "b").read_bytes() == b"b"
 
 

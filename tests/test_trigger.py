@@ -304,3 +304,29 @@ def test_shared_queue_runs_each_batch_on_one_server_only(
 )
 def test_parse_manifest(text: str, expected: list[tuple[str, str | None]]) -> None:
     assert list(parse_manifest(text).files) == expected
+
+
+def test_a_very_long_output_line_does_not_hang_the_command(
+    s3: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+) -> None:
+    output = tmp_path / "long.txt"
+    script = "import sys; sys.stdout.write('x' * 300_000 + '\\nend\\n')"
+    trigger = {
+        "name": "long",
+        "bucket": pipeline.bucket,
+        "prefix": "incoming/",
+        "marker": "_READY",
+        "directory": tmp_path / "batches",
+        "command": [sys.executable, "-c", script],
+        "timeout_seconds": 60,
+    }
+    config = tmp_path / "long.toml"
+    config.write_text(render_config(pipeline, tmp_path / "state", [], [trigger]))
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/l1/_READY", Body=b"")
+    agent.wait_for_log("batch incoming/l1/ succeeded")
+    assert "long incoming/l1/ [stdout] end" in agent.log
+    assert agent.log.count("x" * 65536) >= 4
+    assert not output.exists()
+    assert agent.stop() == 0

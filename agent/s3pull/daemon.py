@@ -23,7 +23,7 @@ from s3pull.aws import TRANSIENT_ERRORS, Clients, open_clients
 from s3pull.config import Config
 from s3pull.errors import UnparseableBody, UnsafeKey
 from s3pull.events import ObjectChange, parse_body
-from s3pull.inbox import Inbox, Message
+from s3pull.inbox import BATCH, Inbox, Message
 from s3pull.ledger import Ledger
 from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
@@ -40,6 +40,7 @@ T = TypeVar("T")
 # How long a stop waits for work in flight before handing messages back. The systemd
 # unit's TimeoutStopSec must stay above this.
 DRAIN_DEADLINE_SECONDS: Final = 30.0
+DELETE_DEADLINE_SECONDS: Final = 10.0
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 60.0
 BOOTSTRAP_PASSES: Final = 3
@@ -71,6 +72,28 @@ class Stats:
             f"{self.phase}; {self.applied} changes applied, {self.refused} refused,"
             f" {self.errors} errors{runs}{ago}"
         )
+
+
+class Slots:
+    """A budget of messages in flight. Taken before receiving, so a message is only
+    received when there is room to start on it at once (and keep it invisible)."""
+
+    def __init__(self, total: int) -> None:
+        self._free = total
+        self._changed = asyncio.Event()
+
+    async def reserve(self, most: int) -> int:
+        """Wait until at least one slot is free; take up to ``most``; return how many."""
+        while self._free == 0:
+            self._changed.clear()
+            await self._changed.wait()
+        taken = min(most, self._free)
+        self._free -= taken
+        return taken
+
+    def release(self, count: int = 1) -> None:
+        self._free += count
+        self._changed.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +137,7 @@ class Daemon:
         self._key_locks = KeyLocks()
         self._transfers = asyncio.Semaphore(config.agent.concurrency)
         # Messages being worked on at once; receiving pauses when all slots are taken.
-        self._message_slots = asyncio.Semaphore(max(10, config.agent.concurrency * 2))
+        self._message_slots = Slots(max(10, config.agent.concurrency * 2))
         self._work: set[asyncio.Task[None]] = set()
 
     # -- signals ---------------------------------------------------------------------
@@ -127,10 +150,18 @@ class Daemon:
         self._stop.set()
         log.info("received %s, stopping", signal.Signals(signum).name)
 
+    def handle_reload(self) -> None:
+        # SIGHUP's default action would kill the daemon without a drain.
+        log.warning(
+            "received SIGHUP: configuration reload is not supported yet;"
+            " restart the agent to apply a new configuration"
+        )
+
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.handle_exit, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.handle_reload)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -145,10 +176,18 @@ class Daemon:
                     for t in self.config.triggers
                 ]
                 consumers = self._consumers(clients, queue_url, mirrors, triggers)
-                await self._startup(clients, consumers, mirrors, triggers)
-                if not self.should_exit:
-                    await self._main_loop(consumers)
-                await self._shutdown(consumers)
+                # The tick runs from the start, so systemd hears from a long bootstrap.
+                ticker = asyncio.create_task(self._tick(), name="tick")
+                deleters = [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
+                try:
+                    await self._startup(clients, consumers, mirrors, triggers)
+                    if not self.should_exit:
+                        await self._main_loop(consumers)
+                    await self._shutdown()
+                finally:
+                    await self._stop_deleters(consumers, deleters)
+                    ticker.cancel()
+                    await asyncio.gather(ticker, return_exceptions=True)
         finally:
             ledger.close()
         log.info("stopped: %s", self.stats.line())
@@ -241,17 +280,30 @@ class Daemon:
             )
 
     async def _main_loop(self, consumers: list[Consumer]) -> None:
-        helpers = [asyncio.create_task(self._tick(), name="tick")]
-        helpers += [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
-        try:
-            pollers = [asyncio.ensure_future(self._poll(consumer)) for consumer in consumers]
-            self._set_phase("in sync")
-            self.notifier.ready(self.stats.line())
-            await asyncio.gather(*pollers)
-        finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+        self._set_phase("in sync")
+        self.notifier.ready(self.stats.line())
+        # A poller that fails for good (a bug, not a transient error) takes the others
+        # down with it and the daemon exits non-zero for systemd to restart it.
+        async with asyncio.TaskGroup() as pollers:
+            for consumer in consumers:
+                pollers.create_task(self._poll(consumer))
+
+    async def _stop_deleters(
+        self, consumers: list[Consumer], deleters: list[asyncio.Task[None]]
+    ) -> None:
+        """Let each deleter send what was acknowledged (the drain included), then end."""
+        for consumer in consumers:
+            consumer.inbox.close()
+        _done, late = await asyncio.wait(deleters, timeout=DELETE_DEADLINE_SECONDS)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning(
+                "gave up deleting applied messages after %.0f s; they will come"
+                " back and cost a conditional GET each",
+                DELETE_DEADLINE_SECONDS,
+            )
+        await asyncio.gather(*deleters, return_exceptions=True)
 
     async def _poll(self, consumer: Consumer) -> None:
         """Long-poll one queue until stopped, handing each message to its own task."""
@@ -259,9 +311,15 @@ class Daemon:
         log.info("ready: polling %s", inbox.queue_url)
         backoff = BACKOFF_FIRST
         while not self.should_exit:
+            room = await self._unless_stopping(
+                asyncio.ensure_future(self._message_slots.reserve(BATCH))
+            )
+            if room is None:
+                return  # stopping while every slot was busy
             try:
-                messages = await self._unless_stopping(asyncio.ensure_future(inbox.receive()))
+                messages = await self._unless_stopping(asyncio.ensure_future(inbox.receive(room)))
             except TRANSIENT_ERRORS as exc:
+                self._message_slots.release(room)
                 self._set_phase(f"backing off: SQS receive failed: {exc}")
                 log.warning(
                     "SQS receive from %s failed, retrying in %.0f s: %s",
@@ -273,13 +331,14 @@ class Daemon:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             if messages is None:
+                self._message_slots.release(room)
                 return  # stopping: the long poll was cut short
             if backoff > BACKOFF_FIRST:
                 backoff = BACKOFF_FIRST
                 self._set_phase("in sync")
                 log.info("SQS receive from %s works again", inbox.queue_url)
+            self._message_slots.release(room - len(messages))
             for message in messages:
-                await self._message_slots.acquire()
                 task = asyncio.create_task(self._handle(consumer, message))
                 self._work.add(task)
                 task.add_done_callback(self._finished)
@@ -287,8 +346,11 @@ class Daemon:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._work.discard(task)
         self._message_slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # _handle handles every expected failure; this is a bug worth seeing.
+            log.error("message handling failed unexpectedly", exc_info=task.exception())
 
-    async def _shutdown(self, consumers: list[Consumer]) -> None:
+    async def _shutdown(self) -> None:
         self.notifier.stopping(f"stopping: {len(self._work)} message(s) in flight")
         if self._work:
             log.info(
@@ -312,8 +374,6 @@ class Daemon:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        for consumer in consumers:
-            await consumer.inbox.flush()
 
     # -- one message -----------------------------------------------------------------
 
@@ -449,6 +509,10 @@ class Daemon:
         while True:
             if self.notifier.watchdog_interval is not None:
                 self.notifier.watchdog()
+            if self.stats.phase == "bootstrapping":
+                # A full reconcile of a large bucket can outlast TimeoutStartSec: ask
+                # systemd for more time, a few ticks at once, for as long as it runs.
+                self.notifier.extend_timeout(3 * interval)
             self.notifier.status(self.stats.line())
             await asyncio.sleep(interval)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
 from s3pull.errors import S3PullError
 from s3pull.paths import AtomicWriter
@@ -30,12 +30,24 @@ CHUNK_SIZE: Final = 1 << 20
 # (aiohttp.ClientPayloadError): those whole downloads are retried here.
 BODY_ATTEMPTS: Final = 3
 
-NOT_MODIFIED: Final = "not-modified"
-GONE: Final = "gone"
-
 
 class IntegrityError(S3PullError):
     """The bytes received do not match what S3 said it sent."""
+
+
+# A body cut off mid-stream surfaces as any of these, depending on where it broke:
+# aiohttp's own error, botocore's wrappers for a dropped connection or a short body, a
+# read timeout, or our own size/MD5 check.
+RETRIED_BODY_ERRORS: Final = (
+    aiohttp.ClientPayloadError,
+    ResponseStreamingError,
+    IncompleteReadError,
+    IntegrityError,
+    TimeoutError,
+)
+
+NOT_MODIFIED: Final = "not-modified"
+GONE: Final = "gone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +118,7 @@ async def download(
             raise
         try:
             return await _write_body(response, key, root, parts)
-        except (aiohttp.ClientPayloadError, IntegrityError, TimeoutError) as exc:
+        except RETRIED_BODY_ERRORS as exc:
             if attempt == BODY_ATTEMPTS:
                 raise
             log.warning("retrying download of %s after attempt %d failed: %s", key, attempt, exc)
@@ -116,11 +128,11 @@ async def download(
 async def _write_body(
     response: dict[str, Any], key: str, root: Path, parts: tuple[str, ...]
 ) -> Downloaded:
-    expected_size = int(response["ContentLength"])
-    expected_md5 = _md5_expected(response)
-    digest = hashlib.md5(usedforsecurity=False) if expected_md5 else None
-    modified = mtime_ns(response["LastModified"])
     async with response["Body"] as body:
+        expected_size = int(response["ContentLength"])
+        expected_md5 = _md5_expected(response)
+        digest = hashlib.md5(usedforsecurity=False) if expected_md5 else None
+        modified = mtime_ns(response["LastModified"])
         with AtomicWriter(root, parts, key) as writer:
             async for chunk in body.iter_chunks(CHUNK_SIZE):
                 writer.write(chunk)
@@ -134,6 +146,7 @@ async def _write_body(
                 raise IntegrityError(f"{key}: MD5 {digest.hexdigest()} does not match ETag")
             # fsync and rename block on the disk: keep them off the event loop. Shielded so
             # a cancellation (drain deadline) never leaves the rename half-done.
+            writer.claim()
             await asyncio.shield(asyncio.to_thread(writer.commit, modified))
             etag = str(response.get("ETag", "")).strip('"') or None
             return Downloaded(etag, expected_size, modified)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "PathCollision",
     "S3PullError",
     "UnparseableBody",
     "UnsafeKey",
@@ -32,6 +33,20 @@ class UnsafeKey(S3PullError):
         self.key = key
         self.reason = reason
         super().__init__(f"refused key {key!r}: {reason}")
+
+
+class PathCollision(UnsafeKey):
+    """A file stands where a directory must go, or a directory where a file must go.
+
+    Legal in S3 (``a`` and ``a/b``), impossible on a disk. ``blocker`` is the path (parts
+    relative to the directory) of what is in the way; whether this is final depends on
+    whether S3 still holds the blocker, which only the caller can ask.
+    """
+
+    def __init__(self, key: str, reason: str, blocker: tuple[str, ...], is_directory: bool):
+        super().__init__(key, reason)
+        self.blocker = blocker
+        self.blocker_is_directory = is_directory
 
 
 class UnparseableBody(S3PullError):

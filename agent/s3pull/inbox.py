@@ -51,12 +51,12 @@ class Inbox:
         self.queue_url = queue_url
         self._wait_time = wait_time
         self._visibility = visibility_timeout
-        self._to_delete: asyncio.Queue[Message] = asyncio.Queue()
+        self._to_delete: asyncio.Queue[Message | None] = asyncio.Queue()
 
-    async def receive(self) -> list[Message]:
+    async def receive(self, most: int = BATCH) -> list[Message]:
         response = await self._sqs.receive_message(
             QueueUrl=self.queue_url,
-            MaxNumberOfMessages=BATCH,
+            MaxNumberOfMessages=max(1, min(most, BATCH)),
             WaitTimeSeconds=self._wait_time,
             VisibilityTimeout=self._visibility,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
@@ -67,27 +67,28 @@ class Inbox:
         """Schedule the message for deletion: its change has been applied."""
         self._to_delete.put_nowait(message)
 
-    @property
-    def pending_deletes(self) -> int:
-        return self._to_delete.qsize()
+    def close(self) -> None:
+        """No more acks: ``delete_forever`` deletes what is queued, then returns."""
+        self._to_delete.put_nowait(None)
 
     async def delete_forever(self) -> None:
-        """Delete acknowledged messages in batches of up to ten, as they come."""
-        while True:
-            batch = [await self._to_delete.get()]
-            while len(batch) < BATCH and not self._to_delete.empty():
-                batch.append(self._to_delete.get_nowait())
-            # Shielded: a batch taken off the local queue must reach SQS even when the
-            # daemon is being cancelled, or its messages are redelivered for nothing.
-            await asyncio.shield(self._delete_batch(batch))
-
-    async def flush(self) -> None:
-        """Delete whatever is still waiting (at shutdown)."""
-        while not self._to_delete.empty():
-            batch = [
-                self._to_delete.get_nowait() for _ in range(min(BATCH, self._to_delete.qsize()))
-            ]
-            await self._delete_batch(batch)
+        """Delete acknowledged messages in batches of up to ten, as they come, until
+        ``close``. Never cancelled mid-batch in normal operation: the daemon closes it
+        after the drain and waits for it."""
+        closed = False
+        while not closed:
+            batch: list[Message] = []
+            item = await self._to_delete.get()
+            while True:
+                if item is None:
+                    closed = True
+                    break
+                batch.append(item)
+                if len(batch) == BATCH or self._to_delete.empty():
+                    break
+                item = self._to_delete.get_nowait()
+            if batch:
+                await self._delete_batch(batch)
 
     async def _delete_batch(self, batch: list[Message]) -> None:
         entries = [

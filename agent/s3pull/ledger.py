@@ -82,10 +82,12 @@ class Ledger:
             return None
         return Entry(bool(row[0]), row[1], row[2], row[3], row[4])
 
-    def entries(self, mirror: str) -> dict[str, Entry]:
+    def entries(self, mirror: str, under: str = "") -> dict[str, Entry]:
+        """Every entry of ``mirror`` whose key starts with ``under``."""
         rows = self._db.execute(
-            "SELECT key, present, etag, size, mtime_ns, sequencer FROM objects WHERE mirror = ?",
-            (mirror,),
+            "SELECT key, present, etag, size, mtime_ns, sequencer FROM objects"
+            " WHERE mirror = ? AND substr(key, 1, ?) = ?",
+            (mirror, len(under), under),
         )
         return {row[0]: Entry(bool(row[1]), row[2], row[3], row[4], row[5]) for row in rows}
 

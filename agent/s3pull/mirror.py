@@ -18,12 +18,12 @@ from botocore.exceptions import ClientError
 
 from s3pull.config import MirrorConfig
 from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, is_missing, mtime_ns
-from s3pull.errors import UnsafeKey
+from s3pull.errors import PathCollision, S3PullError, UnsafeKey
 from s3pull.events import ObjectChange, sequencer_newer
 from s3pull.ledger import Entry, Ledger
 from s3pull.paths import is_folder_placeholder, local_stat, remove_file, safe_parts, walk_files
 
-__all__ = ["Mirror", "Outcome", "ReconcilePlan", "RemoteObject"]
+__all__ = ["CollisionPending", "Mirror", "Outcome", "ReconcilePlan", "RemoteObject"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ Outcome = Literal[
     "stale",  # an older event than one already applied: skipped
     "placeholder",  # a "folder/" key: nothing to write
 ]
+
+
+class CollisionPending(S3PullError):
+    """Something no longer in S3 is in a key's way and cannot be removed yet: retry later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,15 @@ class Mirror:
     async def _fetch(
         self, key: str, parts: tuple[str, ...], entry: Entry | None, sequencer: str | None
     ) -> Outcome:
+        try:
+            return await self._fetch_once(key, parts, entry, sequencer)
+        except PathCollision as collision:
+            await self._settle_collision(collision)
+        return await self._fetch_once(key, parts, entry, sequencer)  # the way is clear now
+
+    async def _fetch_once(
+        self, key: str, parts: tuple[str, ...], entry: Entry | None, sequencer: str | None
+    ) -> Outcome:
         st = local_stat(self.config.directory, parts, key)
         current = entry.etag if entry is not None and _file_matches(entry, st) else None
         result = await download(
@@ -136,6 +149,45 @@ class Mirror:
             self.name, key, result.etag, result.size, result.mtime_ns, sequencer
         )
         return "downloaded"
+
+    async def _settle_collision(self, collision: PathCollision) -> None:
+        """A file and a directory want the same name. Ask S3 which one is real.
+
+        Returns when the local blocker was stale and is gone now (try again). Raises the
+        collision itself when S3 really holds both keys (a final refusal), and
+        ``CollisionPending`` when the blocker is stale but this mirror does not mirror
+        deletions, or its delete event is still on the way: the message comes back later.
+        """
+        root = self.config.directory
+        blocker = self.config.prefix + "/".join(collision.blocker)
+        if collision.blocker_is_directory:
+            listing = await self._s3.list_objects_v2(
+                Bucket=self.config.bucket, Prefix=blocker + "/", MaxKeys=1
+            )
+            if listing.get("Contents"):
+                raise collision
+            stale = [
+                (f"{blocker}/{relative}", (*collision.blocker, *relative.split("/")))
+                for relative, _st in walk_files(root.joinpath(*collision.blocker))
+            ]
+        else:
+            if await self._still_exists(blocker):
+                raise collision
+            stale = [(blocker, collision.blocker)]
+        if not self.config.delete:
+            raise CollisionPending(
+                f"{collision.key}: {collision.reason}, and {blocker} is no"
+                " longer in S3 but this mirror keeps deleted files"
+            )
+        for key, parts in stale:
+            if remove_file(root, parts, key):
+                self._ledger.record_absent(self.name, key)
+                log.info(
+                    "%s: deleted %s (no longer in S3, in the way of %s)",
+                    self.name,
+                    key,
+                    collision.key,
+                )
 
     def _gone(self, key: str, parts: tuple[str, ...], sequencer: str | None) -> Outcome:
         self._ledger.record_absent(self.name, key, sequencer)
@@ -160,12 +212,15 @@ class Mirror:
                 )
         return objects
 
-    async def plan(self, remote: list[RemoteObject] | None = None) -> ReconcilePlan:
-        """Compare a full listing with the directory: what to fetch, what to delete."""
+    async def plan(
+        self, remote: list[RemoteObject] | None = None, under: str | None = None
+    ) -> ReconcilePlan:
+        """Compare a listing (of everything, or of ``under``) with the directory: what
+        to fetch, what to delete."""
         if remote is None:
-            remote = await self.list_remote()
+            remote = await self.list_remote(under)
         directory = self.config.directory
-        entries = self._ledger.entries(self.name)
+        entries = self._ledger.entries(self.name, under or self.config.prefix)
         plan = ReconcilePlan()
         wanted: set[str] = set()
         for obj in remote:

@@ -61,5 +61,8 @@ class Notifier:
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
 
+    def extend_timeout(self, seconds: float) -> None:
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
     def stopping(self, status: str = "stopping") -> None:
         self.send("STOPPING=1", f"STATUS={status}")

@@ -18,7 +18,7 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 from types import TracebackType
 
-from s3pull.errors import UnsafeKey
+from s3pull.errors import PathCollision, UnsafeKey
 
 __all__ = [
     "TEMP_PREFIX",
@@ -79,10 +79,11 @@ def safe_parts(key: str, prefix: str, root: Path) -> tuple[str, ...]:
     return parts
 
 
-def _open_child_dir(parent_fd: int, name: str, key: str, create: bool) -> int | None:
-    """Open directory ``name`` below ``parent_fd`` without following symlinks.
-
-    Returns None when it does not exist and ``create`` is false.
+def _open_child_dir(
+    parent_fd: int, name: str, key: str, create: bool, here: tuple[str, ...]
+) -> int | None:
+    """Open directory ``name`` (at path ``here``) below ``parent_fd`` without following
+    symlinks. Returns None when it does not exist and ``create`` is false.
     """
     for _ in range(2):  # a second pass covers a concurrent mkdir of the same directory
         try:
@@ -94,19 +95,24 @@ def _open_child_dir(parent_fd: int, name: str, key: str, create: bool) -> int | 
                 os.mkdir(name, 0o755, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafeKey(key, _collision_reason(parent_fd, name)) from None
+                raise _not_a_directory(parent_fd, name, key, here) from None
             raise
     return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
 
 
-def _collision_reason(parent_fd: int, name: str) -> str:
+def _not_a_directory(parent_fd: int, name: str, key: str, here: tuple[str, ...]) -> UnsafeKey:
     try:
         mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
     except OSError:
-        return f"path component {name!r} is not a directory"
+        return UnsafeKey(key, f"path component {name!r} is not a directory")
     if stat.S_ISLNK(mode):
-        return f"path component {name!r} is a symlink"
-    return f"path component {name!r} is a file, so it cannot also be a directory"
+        return UnsafeKey(key, f"path component {name!r} is a symlink")
+    return PathCollision(
+        key,
+        f"path component {name!r} is a file, so it cannot also be a directory",
+        blocker=here,
+        is_directory=False,
+    )
 
 
 class _Walk:
@@ -123,8 +129,8 @@ class _Walk:
                 if create:
                     raise
                 return  # no directory yet, so no file either
-            for name in parts[:-1]:
-                fd = _open_child_dir(self.fds[-1], name, key, create)
+            for depth, name in enumerate(parts[:-1], start=1):
+                fd = _open_child_dir(self.fds[-1], name, key, create, parts[:depth])
                 if fd is None:
                     return
                 self._push(fd)
@@ -151,8 +157,9 @@ class _Walk:
         self.close()
 
 
-def _final_stat(parent_fd: int, name: str, key: str) -> os.stat_result | None:
+def _final_stat(parent_fd: int, parts: tuple[str, ...], key: str) -> os.stat_result | None:
     """lstat the final component; refuse symlinks and directories in the way."""
+    name = parts[-1]
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -160,7 +167,12 @@ def _final_stat(parent_fd: int, name: str, key: str) -> os.stat_result | None:
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeKey(key, f"{name!r} is a symlink")
     if stat.S_ISDIR(st.st_mode):
-        raise UnsafeKey(key, f"{name!r} is a directory (other keys live below it)")
+        raise PathCollision(
+            key,
+            f"{name!r} is a directory (other keys live below it)",
+            blocker=parts,
+            is_directory=True,
+        )
     if not stat.S_ISREG(st.st_mode):
         raise UnsafeKey(key, f"{name!r} is not a regular file")
     return st
@@ -190,7 +202,7 @@ def local_stat(root: Path, parts: tuple[str, ...], key: str) -> os.stat_result |
     with _Walk(root, parts, key, create=False) as walk:
         if not walk.complete:
             return None
-        return _final_stat(walk.parent_fd, parts[-1], key)
+        return _final_stat(walk.parent_fd, parts, key)
 
 
 def ensure_directory(root: Path, parts: tuple[str, ...], key: str) -> Path:
@@ -202,10 +214,19 @@ def ensure_directory(root: Path, parts: tuple[str, ...], key: str) -> Path:
 def remove_file(root: Path, parts: tuple[str, ...], key: str) -> bool:
     """Delete the file a key maps to and prune directories left empty.
 
-    Returns True when a file was removed. Never removes ``root`` itself.
+    Returns True when a file was removed. Never removes ``root`` itself. A file standing
+    where a directory of the path should be, or a directory at the file's name, means
+    the file is not there: nothing to remove.
     """
-    with _Walk(root, parts, key, create=False) as walk:
-        if not walk.complete or _final_stat(walk.parent_fd, parts[-1], key) is None:
+    try:
+        walk = _Walk(root, parts, key, create=False)
+    except PathCollision:
+        return False
+    with walk:
+        try:
+            if not walk.complete or _final_stat(walk.parent_fd, parts, key) is None:
+                return False
+        except PathCollision:
             return False
         os.unlink(parts[-1], dir_fd=walk.parent_fd)
         # Walk back up: fds[i] holds parts[i]; remove each directory that is now empty.
@@ -227,6 +248,7 @@ class AtomicWriter:
     def __init__(self, root: Path, parts: tuple[str, ...], key: str) -> None:
         self._walk = _Walk(root, parts, key, create=True)
         self._name = parts[-1]
+        self._parts = parts
         self._key = key
         self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         self.bytes_written = 0
@@ -237,7 +259,7 @@ class AtomicWriter:
             # Directories holding no files are what an aborted write or a crash leaves
             # behind: they give way to the file instead of blocking it forever.
             try:
-                _final_stat(self._walk.parent_fd, self._name, key)
+                _final_stat(self._walk.parent_fd, self._parts, key)
             except UnsafeKey:
                 if not _remove_empty_dir(self._walk.parent_fd, self._name):
                     raise
@@ -259,6 +281,11 @@ class AtomicWriter:
             view = view[written:]
         self.bytes_written += len(data)
 
+    def claim(self) -> None:
+        """Call on the event loop before running ``commit`` in a thread: from then on a
+        concurrent ``abort`` (a cancelled coroutine) leaves the file to the commit."""
+        self._committing = True
+
     def commit(self, mtime_ns: int | None = None) -> None:
         """fsync, set the modification time, rename over the target. Blocking: run in a thread."""
         assert self._fd is not None, "commit after commit or abort"
@@ -274,7 +301,7 @@ class AtomicWriter:
                 os.fsync(fd)  # after utime, so the mtime is as durable as the bytes
             finally:
                 os.close(fd)
-            _final_stat(parent_fd, self._name, self._key)  # still no symlink or directory?
+            _final_stat(parent_fd, self._parts, self._key)  # still no symlink or directory?
             os.rename(self.temp_name, self._name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
             os.fsync(parent_fd)  # make the rename itself durable
         except BaseException:

@@ -44,6 +44,7 @@ KILL_GRACE_SECONDS: Final = 10.0  # SIGTERM -> this long -> SIGKILL
 MANIFEST_POLL_FIRST: Final = 0.5
 MANIFEST_POLL_MAX: Final = 5.0
 MANIFEST_MAX_BYTES: Final = 1 << 20
+RELAY_CHUNK: Final = 1 << 16
 _ETAG = re.compile(r'^"?([0-9a-fA-F]{32}(-\d+)?)"?$')
 
 
@@ -132,7 +133,7 @@ class Trigger:
             return skip.outcome
         tag = f"{self.name} {batch_prefix or '/'}"
         objects = await self._complete_batch(change.key, batch_prefix, marker, tag)
-        plan = await self._files.plan(objects)
+        plan = await self._files.plan(objects, under=batch_prefix)
         if plan.refused:
             # Running the business process on a batch with a file missing would be worse
             # than not running it: refuse the batch as a whole.
@@ -268,8 +269,19 @@ def _missing(manifest: Manifest, batch_prefix: str, objects: list[RemoteObject])
 
 
 async def _relay(stream: asyncio.StreamReader, tag: str) -> None:
-    while line := await stream.readline():
-        log.info("%s %s", tag, line.decode("utf-8", errors="replace").rstrip())
+    """Log a command's output line by line. Read in chunks rather than readline(): a line
+    over the reader's limit would stop the relay, fill the pipe and hang the command."""
+    pending = b""
+    while chunk := await stream.read(RELAY_CHUNK):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) >= RELAY_CHUNK:  # an endless line: log it in pieces
+            lines.append(pending)
+            pending = b""
+        for line in lines:
+            log.info("%s %s", tag, line.decode("utf-8", errors="replace").rstrip())
+    if pending:
+        log.info("%s %s", tag, pending.decode("utf-8", errors="replace").rstrip())
 
 
 async def _stop_group(process: asyncio.subprocess.Process, tag: str) -> None:
