@@ -33,5 +33,8 @@ $(STAMP):
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# Benchmarks (issue: bench/) and packages (packaging/) keep their targets beside them.
+-include bench/bench.mk packaging/packaging.mk
+
 clean:
 	rm -rf $(VENV) build agent/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -28,7 +29,12 @@ def runs(output: Path) -> list[dict[str, Any]]:
 
 
 def trigger_config(
-    tmp_path: Path, pipeline: Pipeline, *behaviour: str, name: str = "orders", **settings: Any
+    tmp_path: Path,
+    pipeline: Pipeline,
+    *behaviour: str,
+    name: str = "orders",
+    queue: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> tuple[Path, Path]:
     """A config with one trigger running record_batch.py; returns (config, output)."""
     output = tmp_path / f"{name}-runs.jsonl"
@@ -42,7 +48,9 @@ def trigger_config(
         **settings,
     }
     config = tmp_path / f"{name}.toml"
-    config.write_text(render_config(pipeline, tmp_path / f"state-{name}", [], [trigger]))
+    config.write_text(
+        render_config(pipeline, tmp_path / f"state-{name}", [], [trigger], queue=queue)
+    )
     return config, output
 
 
@@ -330,3 +338,42 @@ def test_a_very_long_output_line_does_not_hang_the_command(
     assert agent.log.count("x" * 65536) >= 4
     assert not output.exists()
     assert agent.stop() == 0
+
+
+def test_sigterm_lets_a_running_batch_finish(
+    s3: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+) -> None:
+    config, output = trigger_config(tmp_path, pipeline, "sleep", "3")
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/g1/_READY", Body=b"")
+    wait_until(lambda: runs(output), what="the command to start")
+    assert agent.stop(signal.SIGTERM) == 0
+    assert "draining 1 message(s) in flight" in agent.log
+    assert "batch incoming/g1/ succeeded" in agent.log
+    # Finished inside the drain, so its message was deleted before the agent exited.
+    assert queue_depth(pipeline, pipeline.queue_url) == 0
+
+
+def test_second_signal_hands_a_running_batch_back(
+    s3: Any, sqs: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+) -> None:
+    # A long visibility timeout: only an explicit hand-back makes the marker visible soon.
+    config, output = trigger_config(
+        tmp_path, pipeline, "sleep", "600", queue={"visibility_timeout": 600}
+    )
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/g2/_READY", Body=b"")
+    wait_until(lambda: runs(output), what="the command to start")
+    agent.process.send_signal(signal.SIGTERM)
+    agent.wait_for_log("draining 1 message(s) in flight")
+    assert agent.stop(signal.SIGTERM, timeout=30) == 0
+    assert "handing back 1 unfinished message(s)" in agent.log
+    assert "stopping the command's process group" in agent.log
+    # Handed back at once (visibility 0), not after the visibility timeout: the next
+    # agent to poll gets the marker and runs the batch.
+    response = sqs.receive_message(
+        QueueUrl=pipeline.queue_url, WaitTimeSeconds=1, VisibilityTimeout=0
+    )
+    assert any("_READY" in m["Body"] for m in response.get("Messages", ()))
