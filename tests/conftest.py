@@ -18,6 +18,9 @@ import pytest
 
 from s3pull.emulator import DUMMY_CREDENTIALS, Pipeline, client, create_pipeline, moto_server
 
+# Tests never reach the real instance metadata service (169.254.169.254 is off-limits):
+# the tests that need IMDS point AWS_EC2_METADATA_SERVICE_ENDPOINT at a local stand-in.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 AGENT_ENV = {**os.environ, **DUMMY_CREDENTIALS, "PYTHONUNBUFFERED": "1"}
 AGENT_ENV.pop("NOTIFY_SOCKET", None)
 AGENT_ENV.pop("JOURNAL_STREAM", None)
@@ -92,7 +95,9 @@ def render_config(
     lines = []
     for header, table in tables:
         lines.append(header)
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
+        lines.extend(
+            f"{key} = {toml_value(value)}" for key, value in table.items() if value is not None
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -74,18 +74,28 @@ def test_config_path_from_environment(tmp_path: Path, pipeline: Pipeline) -> Non
     assert f"mirror data: s3://{pipeline.bucket}/data/ -> {tmp_path / 'mirror'}" in result.stdout
 
 
-def test_run_with_topic_arn_says_provisioning_is_not_available(tmp_path: Path) -> None:
+def test_topic_mode_without_instance_id_or_metadata_exits_78(tmp_path: Path) -> None:
     path = tmp_path / "topic.toml"
     path.write_text(
-        '[aws]\nregion = "eu-west-1"\n'
-        '[queue]\ntopic_arn = "arn:aws:sns:eu-west-1:123456789012:s3pull-events"\n'
-        '[agent]\ninstance_id = "i-0123456789abcdef0"\n'
-        f'state_directory = "{tmp_path / "state"}"\n'
+        '[aws]\nregion = "us-east-1"\n'
+        '[queue]\ntopic_arn = "arn:aws:sns:us-east-1:123456789012:s3pull-events"\n'
+        f'[agent]\nstate_directory = "{tmp_path / "state"}"\n'
         f'[[mirror]]\nname = "m"\nbucket = "b-1"\ndirectory = "{tmp_path / "m"}"\n'
     )
-    result = s3pull("run", "--config", str(path))
-    assert result.returncode == 78
-    assert "queue.topic_arn" in result.stderr
+    for verb in ("run", "provision", "deprovision", "check"):
+        result = s3pull(verb, "--config", str(path))  # IMDS is disabled in tests
+        assert result.returncode == 78, (verb, result.stdout, result.stderr)
+        assert "agent.instance_id: not set, and instance metadata cannot supply it" in (
+            result.stderr
+        )
+
+
+def test_fleet_verbs_need_a_topic(tmp_path: Path, pipeline: Pipeline) -> None:
+    path = write_config(tmp_path, pipeline)
+    for verb in ("provision", "deprovision", "gc"):
+        result = s3pull(verb, "--config", str(path))
+        assert result.returncode == 78
+        assert "queue.topic_arn" in result.stderr
 
 
 def test_sync_dry_run_prints_the_plan_and_changes_nothing(

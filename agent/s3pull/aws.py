@@ -31,6 +31,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 class Clients:
     s3: Any
     sqs: Any
+    sns: Any
+    ec2: Any
 
 
 def _client_config(config: Config, read_timeout: int) -> AioConfig:
@@ -44,10 +46,12 @@ def _client_config(config: Config, read_timeout: int) -> AioConfig:
 
 
 @contextlib.asynccontextmanager
-async def open_clients(config: Config) -> AsyncIterator[Clients]:
+async def open_clients(config: Config, region: str | None = None) -> AsyncIterator[Clients]:
+    """Every client s3pull uses, created once. ``region`` overrides the configured one
+    (the region instance metadata reported)."""
     session = get_session()
     common: dict[str, Any] = {
-        "region_name": config.aws.region,
+        "region_name": region or config.aws.region,
         "endpoint_url": config.aws.endpoint_url,
     }
     # The long poll holds the HTTP request open for up to wait_time_seconds: the read
@@ -56,5 +60,7 @@ async def open_clients(config: Config) -> AsyncIterator[Clients]:
     async with (
         session.create_client("s3", config=_client_config(config, 60), **common) as s3,
         session.create_client("sqs", config=_client_config(config, sqs_timeout), **common) as sqs,
+        session.create_client("sns", config=_client_config(config, 30), **common) as sns,
+        session.create_client("ec2", config=_client_config(config, 30), **common) as ec2,
     ):
-        yield Clients(s3=s3, sqs=sqs)
+        yield Clients(s3=s3, sqs=sqs, sns=sns, ec2=ec2)

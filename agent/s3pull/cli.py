@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -16,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from s3pull import __version__
 from s3pull.config import Config, default_config_path, load_config
 from s3pull.errors import ConfigError
+from s3pull.identity import Identity
 
 __all__ = ["main"]
 
@@ -71,7 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("run", parents=[common], help="the daemon: apply queued changes until stopped")
     sync = verbs.add_parser("sync", parents=[common], help="one full reconcile of every mirror")
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    verbs.add_parser("check", parents=[common], help="validate the configuration")
+    check = verbs.add_parser(
+        "check",
+        parents=[common],
+        help="validate the configuration, then walk bucket -> topic -> queue",
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also publish a synthetic event to the topic and wait for it",
+    )
+    verbs.add_parser(
+        "provision",
+        parents=[common],
+        help="create this server's queue and subscription; print the queue URL",
+    )
+    verbs.add_parser(
+        "deprovision", parents=[common], help="remove this server's subscription and queues"
+    )
+    gc = verbs.add_parser(
+        "gc", parents=[common], help="remove queues and subscriptions of servers that are gone"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    gc.add_argument(
+        "--stale-after",
+        type=float,
+        default=96.0,
+        metavar="HOURS",
+        help="a heartbeat older than this marks a queue as abandoned (default 96,"
+        " the queue's message retention)",
+    )
     demo = verbs.add_parser("demo", help="the whole pipeline on an embedded AWS emulator")
     demo.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
     return parser
@@ -88,7 +119,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_path: Path = args.config or default_config_path()
         config = load_config(config_path)
         if args.verb == "check":
-            return check(config)
+            return asyncio.run(check(config, probe=args.probe))
+        if args.verb in ("provision", "deprovision"):
+            from s3pull.fleet import deprovision_command, provision_command, require_topic
+
+            require_topic(config, args.verb)
+            identity = asyncio.run(identify(config))
+            verb = provision_command if args.verb == "provision" else deprovision_command
+            return asyncio.run(verb(config, identity))
+        if args.verb == "gc":
+            from s3pull.fleet import gc_command, require_topic
+
+            region = config.aws.region or require_topic(config, "gc").split(":")[3]
+            stale = timedelta(hours=args.stale_after)
+            return asyncio.run(gc_command(config, region, stale, dry_run=args.dry_run))
         if args.verb == "sync":
             return asyncio.run(sync(config, dry_run=args.dry_run))
         if args.verb == "run":
@@ -114,17 +158,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(config: Config) -> int:
     from s3pull.daemon import Daemon
 
-    if config.queue.url is None:
+    identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
+    return asyncio.run(Daemon(config, identity).run())
+
+
+async def identify(config: Config) -> Identity:
+    """Instance id and region for a provisioned queue; a configuration error when
+    neither the configuration nor instance metadata can tell."""
+    from s3pull.identity import InstanceMetadata, MetadataUnavailable, resolve_identity
+
+    try:
+        identity = await resolve_identity(config, InstanceMetadata())
+    except MetadataUnavailable as exc:
         raise ConfigError(
             str(config.path),
-            "queue.topic_arn",
-            "provisioning a per-server queue is not available in this version;"
-            " set queue.url to an existing queue",
-        )
-    return asyncio.run(Daemon(config).run(config.queue.url))
+            "agent.instance_id",
+            f"not set, and instance metadata cannot supply it ({exc})",
+        ) from exc
+    if identity.region is None and config.queue.topic_arn:
+        # Not on EC2 and no region configured: the topic's own region is the best guess.
+        region = config.queue.topic_arn.split(":")[3]
+        identity = Identity(identity.instance_id, region, identity.from_metadata)
+    return identity
 
 
-def check(config: Config) -> int:
+async def check(config: Config, probe: bool) -> int:
+    from s3pull.chain import walk_chain
+
     print(f"configuration OK: {config.path}")
     for mirror in config.mirrors:
         deletes = "" if mirror.delete else " (deletions not mirrored)"
@@ -134,8 +194,8 @@ def check(config: Config) -> int:
         )
     for trigger in config.triggers:
         print(f"  trigger {trigger.name}: s3://{trigger.bucket}/{trigger.prefix}*/{trigger.marker}")
-    print(f"  queue: {config.queue.url or config.queue.topic_arn}")
-    return EXIT_OK
+    identity = await identify(config) if config.queue.topic_arn else None
+    return await walk_chain(config, identity, probe=probe)
 
 
 async def sync(config: Config, dry_run: bool) -> int:

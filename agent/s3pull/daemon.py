@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
 import signal
 import time
@@ -23,11 +24,13 @@ from s3pull.aws import TRANSIENT_ERRORS, Clients, open_clients
 from s3pull.config import Config
 from s3pull.errors import UnparseableBody, UnsafeKey
 from s3pull.events import ObjectChange, parse_body
+from s3pull.identity import Identity, InstanceMetadata, MetadataUnavailable
 from s3pull.inbox import BATCH, Inbox, Message
 from s3pull.ledger import Ledger
 from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
 from s3pull.paths import remove_leftover_temp_files
+from s3pull.provision import OwnQueue, is_missing_queue
 from s3pull.reconcile import reconcile_all
 from s3pull.trigger import Trigger
 
@@ -41,6 +44,8 @@ T = TypeVar("T")
 # unit's TimeoutStopSec must stay above this.
 DRAIN_DEADLINE_SECONDS: Final = 30.0
 DELETE_DEADLINE_SECONDS: Final = 10.0
+HEARTBEAT_INTERVAL_SECONDS: Final = 3600.0
+LIFECYCLE_POLL_SECONDS: Final = float(os.environ.get("S3PULL_LIFECYCLE_POLL_SECONDS", "15"))
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 60.0
 BOOTSTRAP_PASSES: Final = 3
@@ -126,8 +131,12 @@ class KeyLocks:
 
 
 class Daemon:
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: Config, identity: Identity | None = None, notifier: Notifier | None = None
+    ) -> None:
         self.config = config
+        self.identity = identity or Identity(config.agent.instance_id, None, from_metadata=False)
+        self._deprovision_on_exit = False
         self.notifier = notifier or Notifier()
         self.stats = Stats()
         self.should_exit = False
@@ -165,33 +174,67 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def run(self, queue_url: str) -> int:
+    async def run(self) -> int:
         self._install_signal_handlers()
         ledger = Ledger.open(self.config.agent.state_directory)
         try:
-            async with open_clients(self.config) as clients:
-                mirrors = [Mirror(m, clients.s3, ledger) for m in self.config.mirrors]
-                triggers = [
-                    Trigger(t, clients.s3, ledger, self.config.agent.concurrency)
-                    for t in self.config.triggers
-                ]
-                consumers = self._consumers(clients, queue_url, mirrors, triggers)
-                # The tick runs from the start, so systemd hears from a long bootstrap.
-                ticker = asyncio.create_task(self._tick(), name="tick")
-                deleters = [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
-                try:
-                    await self._startup(clients, consumers, mirrors, triggers)
-                    if not self.should_exit:
-                        await self._main_loop(consumers)
-                    await self._shutdown()
-                finally:
-                    await self._stop_deleters(consumers, deleters)
-                    ticker.cancel()
-                    await asyncio.gather(ticker, return_exceptions=True)
+            async with open_clients(self.config, self.identity.region) as clients:
+                own = OwnQueue(
+                    clients.sqs, clients.sns, self.config.queue, self.identity.instance_id
+                )
+                await self._serve(clients, ledger, own)
+                if self._deprovision_on_exit:
+                    await self._attempt("deprovisioning", own.remove, attempts=5)
+                    log.info("deprovisioned queue %s", own.name)
         finally:
             ledger.close()
         log.info("stopped: %s", self.stats.line())
         return 0
+
+    async def _serve(self, clients: Clients, ledger: Ledger, own: OwnQueue) -> None:
+        mirrors = [Mirror(m, clients.s3, ledger) for m in self.config.mirrors]
+        triggers = [
+            Trigger(t, clients.s3, ledger, self.config.agent.concurrency)
+            for t in self.config.triggers
+        ]
+        # The tick runs from the start, so systemd hears from a long bootstrap.
+        helpers = [asyncio.create_task(self._tick(), name="tick")]
+        self._set_phase("bootstrapping")
+        # The queue must exist and be subscribed before the reconcile lists S3: changes
+        # made while the listing runs then wait in the queue instead of falling into a gap.
+        queue_url = await self._retrying(
+            "provisioning the queue" if own.provisioned else "checking the queue",
+            functools.partial(self._own_queue_url, clients, own),
+        )
+        if queue_url is None:  # stopped before it existed
+            await self._cancel(helpers)
+            return
+        consumers = self._consumers(clients, queue_url, mirrors, triggers)
+        deleters = [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
+        if own.provisioned:
+            helpers.append(asyncio.create_task(self._heartbeat(own, consumers[0].inbox)))
+        if self.identity.from_metadata:
+            helpers.append(asyncio.create_task(self._watch_lifecycle()))
+        try:
+            await self._startup(clients, consumers, mirrors, triggers)
+            if not self.should_exit:
+                await self._main_loop(consumers, own, mirrors)
+            await self._shutdown()
+        finally:
+            await self._stop_deleters(consumers, deleters)
+            await self._cancel(helpers)
+
+    async def _own_queue_url(self, clients: Clients, own: OwnQueue) -> str:
+        url = await own.ensure()
+        # One cheap call proves the queue answers (and, for a fixed URL, exists).
+        await clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        return url
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _consumers(
         self, clients: Clients, queue_url: str, mirrors: list[Mirror], triggers: list[Trigger]
@@ -219,7 +262,6 @@ class Daemon:
         mirrors: list[Mirror],
         triggers: list[Trigger],
     ) -> None:
-        self._set_phase("bootstrapping")
         directories = [m.config.directory for m in mirrors] + [t.config.directory for t in triggers]
         for directory in directories:
             directory.mkdir(parents=True, exist_ok=True)
@@ -228,15 +270,13 @@ class Daemon:
                 log.info(
                     "%s: removed %d temporary file(s) left by an earlier run", directory, removed
                 )
-        # The queues must exist before the reconcile lists S3: changes made while the
-        # listing runs then wait in the queue instead of falling into a gap.
-        for consumer in consumers:
+        for consumer in consumers[1:]:  # shared trigger queues; ours was checked already
             check = functools.partial(
                 clients.sqs.get_queue_attributes,
                 QueueUrl=consumer.inbox.queue_url,
                 AttributeNames=["QueueArn"],
             )
-            await self._retrying("checking the queue", check)
+            await self._retrying("checking the shared queue", check)
         await self._bootstrap(mirrors)
 
     async def _bootstrap(self, mirrors: list[Mirror]) -> None:
@@ -279,13 +319,16 @@ class Daemon:
                 mirror.name,
             )
 
-    async def _main_loop(self, consumers: list[Consumer]) -> None:
+    async def _main_loop(
+        self, consumers: list[Consumer], own: OwnQueue, mirrors: list[Mirror]
+    ) -> None:
         self._set_phase("in sync")
         self.notifier.ready(self.stats.line())
         # A poller that fails for good (a bug, not a transient error) takes the others
         # down with it and the daemon exits non-zero for systemd to restart it.
         async with asyncio.TaskGroup() as pollers:
-            for consumer in consumers:
+            pollers.create_task(self._poll(consumers[0], own, mirrors))
+            for consumer in consumers[1:]:
                 pollers.create_task(self._poll(consumer))
 
     async def _stop_deleters(
@@ -305,8 +348,17 @@ class Daemon:
             )
         await asyncio.gather(*deleters, return_exceptions=True)
 
-    async def _poll(self, consumer: Consumer) -> None:
-        """Long-poll one queue until stopped, handing each message to its own task."""
+    async def _poll(
+        self,
+        consumer: Consumer,
+        own: OwnQueue | None = None,
+        mirrors: list[Mirror] | None = None,
+    ) -> None:
+        """Long-poll one queue until stopped, handing each message to its own task.
+
+        ``own`` is given for the server's own queue: if it was provisioned and vanishes,
+        it is recreated and ``mirrors`` reconciled, since events were lost with it.
+        """
         inbox = consumer.inbox
         log.info("ready: polling %s", inbox.queue_url)
         backoff = BACKOFF_FIRST
@@ -320,6 +372,9 @@ class Daemon:
                 messages = await self._unless_stopping(asyncio.ensure_future(inbox.receive(room)))
             except TRANSIENT_ERRORS as exc:
                 self._message_slots.release(room)
+                if own is not None and own.provisioned and is_missing_queue(exc):
+                    await self._recover_queue(inbox, own, mirrors or [])
+                    continue
                 self._set_phase(f"backing off: SQS receive failed: {exc}")
                 log.warning(
                     "SQS receive from %s failed, retrying in %.0f s: %s",
@@ -374,6 +429,49 @@ class Daemon:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _recover_queue(self, inbox: Inbox, own: OwnQueue, mirrors: list[Mirror]) -> None:
+        """Our queue was deleted under us: recreate it, then reconcile, because every
+        event sent while it was gone is lost."""
+        self.stats.errors += 1
+        log.error("queue %s no longer exists: recreating it, then reconciling", own.name)
+        self._set_phase("recreating the queue")
+        url = await self._retrying("recreating the queue", own.ensure)
+        if url is None:
+            return
+        inbox.queue_url = url
+        await self._bootstrap(mirrors)
+        self._set_phase("in sync")
+        log.info("queue %s recreated and mirrors reconciled", own.name)
+
+    async def _heartbeat(self, own: OwnQueue, inbox: Inbox) -> None:
+        """Refresh the heartbeat tag ``gc`` uses to tell a live server from a lost one."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
+            try:
+                await own.heartbeat(inbox.queue_url)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("could not refresh the queue's heartbeat tag: %s", exc)
+
+    async def _watch_lifecycle(self) -> None:
+        """Drain and deprovision when Auto Scaling says this instance is terminating."""
+        metadata = InstanceMetadata()
+        while not self.should_exit:
+            await asyncio.sleep(LIFECYCLE_POLL_SECONDS)
+            try:
+                state = await metadata.lifecycle_state()
+            except MetadataUnavailable as exc:
+                log.debug("lifecycle state unavailable: %s", exc)
+                continue
+            if state == "Terminated":
+                log.info(
+                    "Auto Scaling target lifecycle state is Terminated: draining, then"
+                    " removing this server's queue and subscription"
+                )
+                self._deprovision_on_exit = True
+                self.should_exit = True
+                self._stop.set()
+                return
 
     # -- one message -----------------------------------------------------------------
 
@@ -547,4 +645,16 @@ class Daemon:
                 log.warning("%s failed, retrying in %.0f s: %s", what, backoff, exc)
                 await self._sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_MAX)
+        return None
+
+    @staticmethod
+    async def _attempt(what: str, call: Callable[[], Awaitable[T]], attempts: int) -> T | None:
+        """Run ``call`` up to ``attempts`` times, even while stopping (final clean-up)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("%s failed (attempt %d of %d): %s", what, attempt, attempts, exc)
+                await asyncio.sleep(BACKOFF_FIRST * 2 ** (attempt - 1))
+        log.error("%s failed %d times, giving up", what, attempts)
         return None

@@ -73,6 +73,9 @@ def create_pipeline(
     s3, sns, sqs = (client(endpoint, service) for service in ("s3", "sns", "sqs"))
     s3.create_bucket(Bucket=name)
     topic_arn = sns.create_topic(Name=name)["TopicArn"]
+    sns.set_topic_attributes(
+        TopicArn=topic_arn, AttributeName="Policy", AttributeValue=topic_policy(topic_arn, name)
+    )
     dead_letter_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     dead_letter_arn = _queue_arn(sqs, dead_letter_url)
     queue_url = sqs.create_queue(
@@ -116,6 +119,24 @@ def create_pipeline(
         },
     )
     return Pipeline(endpoint, name, topic_arn, queue_url, dead_letter_url)
+
+
+def topic_policy(topic_arn: str, bucket: str) -> str:
+    """S3 may publish to the topic, for this bucket only (as infra/ sets it up)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "s3.amazonaws.com"},
+                    "Action": "sns:Publish",
+                    "Resource": topic_arn,
+                    "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+                }
+            ],
+        }
+    )
 
 
 def _queue_arn(sqs: Any, url: str) -> str:
