@@ -27,10 +27,11 @@ $(STAMP):
 	  { echo "s3pull needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || \
 	  { echo "$(PYTHON) cannot create virtual environments: apt-get install python3-venv"; exit 1; }
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
+	# Updated in place when pyproject.toml changes: never pulled from under a running test.
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 # Benchmarks (issue: bench/) and packages (packaging/) keep their targets beside them.
