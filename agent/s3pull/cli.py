@@ -36,9 +36,7 @@ def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
         # Under systemd: structured records to journald when systemd-python is there;
         # journald adds timestamps either way, so the plain format leaves them out.
         try:
-            from systemd.journal import JournalHandler
-
-            handler = JournalHandler(SYSLOG_IDENTIFIER="s3pull")
+            handler = structured_journal_handler()
         except ImportError:
             handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -53,6 +51,30 @@ def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
     # botocore and aiobotocore are chatty at INFO about credentials and retries.
     for noisy in ("botocore", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def structured_journal_handler() -> logging.Handler:
+    """A journald handler that also sends our ``S3PULL_*`` record fields (mirror, key,
+    trigger, batch), so ``journalctl S3PULL_MIRROR=assets`` filters. The stock
+    JournalHandler forwards only MESSAGE_ID from ``extra``. Raises ImportError without
+    systemd-python."""
+    from systemd import journal
+
+    class StructuredJournalHandler(journal.JournalHandler):  # type: ignore[misc]
+        def emit(self, record: logging.LogRecord) -> None:
+            fields = {k: str(v) for k, v in vars(record).items() if k.startswith("S3PULL_")}
+            try:
+                journal.send(
+                    self.format(record),
+                    PRIORITY=str(self.mapPriority(record.levelno)),
+                    LOGGER=record.name,
+                    SYSLOG_IDENTIFIER="s3pull",
+                    **fields,
+                )
+            except Exception:
+                self.handleError(record)
+
+    return StructuredJournalHandler(SYSLOG_IDENTIFIER="s3pull")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also publish a synthetic event to the topic and wait for it",
     )
+    status = verbs.add_parser(
+        "status",
+        parents=[common],
+        help="is it running, is it behind, what failed (exit 0 when in sync)",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    dlq = verbs.add_parser("dlq", help="inspect and replay dead-lettered messages")
+    dlq_verbs = dlq.add_subparsers(dest="dlq_verb", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "show dead letters without removing them"),
+        ("redrive", "move dead letters back to their queue"),
+    ):
+        sub = dlq_verbs.add_parser(action, parents=[common], help=text)
+        sub.add_argument("--max", type=int, default=100, help="at most this many (default 100)")
+        sub.add_argument("--queue-url", help="the source queue (default: this server's queue)")
+        if action == "list":
+            sub.add_argument("--json", action="store_true", help="machine-readable output")
     verbs.add_parser(
         "provision",
         parents=[common],
@@ -127,6 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             identity = asyncio.run(identify(config))
             verb = provision_command if args.verb == "provision" else deprovision_command
             return asyncio.run(verb(config, identity))
+        if args.verb in ("status", "dlq"):
+            from s3pull import operate
+
+            url = getattr(args, "queue_url", None) or asyncio.run(own_queue_url(config))
+            if args.verb == "status":
+                return asyncio.run(operate.status_command(config, url, as_json=args.json))
+            if url is None:
+                raise ConfigError(str(config.path), "queue", "this server's queue does not exist")
+            if args.dlq_verb == "list":
+                return asyncio.run(operate.dlq_list_command(config, url, args.max, args.json))
+            return asyncio.run(operate.dlq_redrive_command(config, url, args.max))
         if args.verb == "gc":
             from s3pull.fleet import gc_command, require_topic
 
@@ -160,6 +210,22 @@ def run(config: Config) -> int:
 
     identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
     return asyncio.run(Daemon(config, identity).run())
+
+
+async def own_queue_url(config: Config) -> str | None:
+    """This server's queue: the configured URL, or the provisioned one's (looked up)."""
+    if config.queue.url is not None:
+        return config.queue.url
+    from s3pull.aws import open_clients
+
+    identity = await identify(config)
+    async with open_clients(config, identity.region) as clients:
+        name = config.queue.queue_name(identity.instance_id)
+        try:
+            response = await clients.sqs.get_queue_url(QueueName=name)
+        except ClientError:
+            return None
+    return str(response["QueueUrl"])
 
 
 async def identify(config: Config) -> Identity:

@@ -27,11 +27,13 @@ from s3pull.events import ObjectChange, parse_body
 from s3pull.identity import Identity, InstanceMetadata, MetadataUnavailable
 from s3pull.inbox import BATCH, Inbox, Message
 from s3pull.ledger import Ledger
-from s3pull.mirror import Mirror
+from s3pull.metrics import Metrics
+from s3pull.mirror import Applied, Mirror, journal_fields
 from s3pull.notify import Notifier
 from s3pull.paths import remove_leftover_temp_files
 from s3pull.provision import OwnQueue, is_missing_queue
 from s3pull.reconcile import reconcile_all
+from s3pull.status import Stats, write_snapshot
 from s3pull.trigger import Trigger
 
 __all__ = ["DRAIN_DEADLINE_SECONDS", "Daemon"]
@@ -52,31 +54,26 @@ BOOTSTRAP_PASSES: Final = 3
 STATUS_INTERVAL: Final = 5.0
 
 
-@dataclass(slots=True)
-class Stats:
-    applied: int = 0
-    refused: int = 0
-    errors: int = 0
-    trigger_runs: int = 0
-    trigger_failures: int = 0
-    phase: str = "starting"
-    last_change_at: float | None = None
+class Recorder:
+    """Feeds what mirrors report into the status counters and the Prometheus metrics."""
 
-    def line(self) -> str:
-        ago = (
-            f", last change {time.monotonic() - self.last_change_at:.0f}s ago"
-            if self.last_change_at is not None
-            else ""
-        )
-        runs = (
-            f", {self.trigger_runs} batches run, {self.trigger_failures} failed"
-            if self.trigger_runs or self.trigger_failures
-            else ""
-        )
-        return (
-            f"{self.phase}; {self.applied} changes applied, {self.refused} refused,"
-            f" {self.errors} errors{runs}{ago}"
-        )
+    def __init__(self, stats: Stats, metrics: Metrics) -> None:
+        self.stats = stats
+        self.metrics = metrics
+
+    def applied(self, mirror: str, key: str, applied: Applied) -> None:
+        self.stats.change(mirror, key, applied.outcome, applied.size)
+        self.metrics.changes.labels(mirror, applied.outcome).inc()
+        if applied.size:
+            self.metrics.bytes.labels(mirror).inc(applied.size)
+
+    def refused(self, mirror: str, refusal: UnsafeKey) -> None:
+        self.stats.refusal(mirror, refusal.key, refusal.reason)
+        self.metrics.refused.labels(mirror).inc()
+
+    def error(self, cause: str, message: str) -> None:
+        self.stats.error(message)
+        self.metrics.errors.labels(cause).inc()
 
 
 class Slots:
@@ -139,6 +136,8 @@ class Daemon:
         self._deprovision_on_exit = False
         self.notifier = notifier or Notifier()
         self.stats = Stats()
+        self.metrics = Metrics()
+        self.recorder = Recorder(self.stats, self.metrics)
         self.should_exit = False
         self.force_exit = False
         self._stop = asyncio.Event()
@@ -188,15 +187,19 @@ class Daemon:
                     log.info("deprovisioned queue %s", own.name)
         finally:
             ledger.close()
+        self.stats.phase = "stopped"
+        self._write_status()
         log.info("stopped: %s", self.stats.line())
         return 0
 
     async def _serve(self, clients: Clients, ledger: Ledger, own: OwnQueue) -> None:
-        mirrors = [Mirror(m, clients.s3, ledger) for m in self.config.mirrors]
+        mirrors = [Mirror(m, clients.s3, ledger, self.recorder) for m in self.config.mirrors]
         triggers = [
-            Trigger(t, clients.s3, ledger, self.config.agent.concurrency)
+            Trigger(t, clients.s3, ledger, self.config.agent.concurrency, self.recorder)
             for t in self.config.triggers
         ]
+        if self.config.metrics is not None:
+            self.metrics.serve(self.config.metrics)
         # The tick runs from the start, so systemd hears from a long bootstrap.
         helpers = [asyncio.create_task(self._tick(), name="tick")]
         self._set_phase("bootstrapping")
@@ -210,6 +213,7 @@ class Daemon:
             await self._cancel(helpers)
             return
         consumers = self._consumers(clients, queue_url, mirrors, triggers)
+        self.stats.queue_urls = [c.inbox.queue_url for c in consumers]
         deleters = [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
         if own.provisioned:
             helpers.append(asyncio.create_task(self._heartbeat(own, consumers[0].inbox)))
@@ -305,6 +309,10 @@ class Daemon:
                     continue
                 if report is None:
                     return  # stopping
+                self.stats.reconcile(
+                    report.downloaded, report.deleted, report.failed, report.seconds
+                )
+                self.metrics.reconcile_seconds.labels(mirror.name).observe(report.seconds)
                 if report.failed:
                     failed.append(mirror)
             pending = failed
@@ -312,7 +320,7 @@ class Daemon:
                 break
             await self._sleep(BACKOFF_FIRST * 2 ** (attempt - 1))
         for mirror in pending:
-            self.stats.errors += 1
+            self.recorder.error("reconcile", f"{mirror.name}: could not be reconciled")
             log.error(
                 "%s: could not be reconciled at start-up; its events are still applied."
                 " Run `s3pull sync` or restart the agent to retry",
@@ -433,7 +441,7 @@ class Daemon:
     async def _recover_queue(self, inbox: Inbox, own: OwnQueue, mirrors: list[Mirror]) -> None:
         """Our queue was deleted under us: recreate it, then reconcile, because every
         event sent while it was gone is lost."""
-        self.stats.errors += 1
+        self.recorder.error("sqs", f"queue {own.name} disappeared")
         log.error("queue %s no longer exists: recreating it, then reconciling", own.name)
         self._set_phase("recreating the queue")
         url = await self._retrying("recreating the queue", own.ensure)
@@ -482,7 +490,7 @@ class Daemon:
         except UnparseableBody as exc:
             # Not deleted: it comes back until the redrive policy moves it to the
             # dead-letter queue, where the evidence stays.
-            self.stats.errors += 1
+            self.recorder.error("parse", f"message {message.message_id}: {exc}")
             log.error(
                 "message %s (receive %d) cannot be parsed, leaving it for the"
                 " dead-letter queue: %s",
@@ -508,6 +516,10 @@ class Daemon:
             await inbox.retry_later(message)
             return
         inbox.ack(message)
+        if message.sent_timestamp_ms is not None:
+            lag = max(0.0, time.time() - message.sent_timestamp_ms / 1000)
+            self.stats.lag_seconds = lag
+            self.metrics.queue_lag.observe(lag)
 
     async def _apply(self, consumer: Consumer, change: ObjectChange) -> None:
         """Apply one change to every mirror covering it and run the trigger it completes.
@@ -532,15 +544,11 @@ class Daemon:
 
     async def _apply_to_mirror(self, mirror: Mirror, change: ObjectChange) -> None:
         async with self._key_locks.hold((mirror.name, change.key)), self._transfers:
-            started = time.monotonic()
             try:
-                outcome = await mirror.apply(change)
-            except UnsafeKey as refusal:
-                self.stats.refused += 1
-                log.warning("%s: %s", mirror.name, refusal)
-                return
+                await mirror.apply(change)  # logs and counts what it applied or refused
             except Exception as exc:
-                self.stats.errors += 1
+                cause = "disk" if isinstance(exc, OSError) else "s3"
+                self.recorder.error(cause, f"{mirror.name}: {change.key}: {exc}")
                 log.error(
                     "%s: could not apply %s to %s, will retry: %s: %s",
                     mirror.name,
@@ -548,21 +556,13 @@ class Daemon:
                     change.key,
                     type(exc).__name__,
                     exc,
+                    extra=journal_fields(mirror=mirror.name, key=change.key),
                 )
                 raise
-            self.stats.applied += 1
-            self.stats.last_change_at = time.monotonic()
-            log.info(
-                "%s: %s %s (%s, %.0f ms)",
-                mirror.name,
-                outcome,
-                change.key,
-                change.event_name,
-                (time.monotonic() - started) * 1000,
-            )
 
     async def _run_trigger(self, trigger: Trigger, change: ObjectChange) -> None:
         batch = trigger.batch_prefix(change.key)
+        tags = journal_fields(trigger=trigger.name, batch=batch, key=change.key)
         # One run per batch at a time; the batch's downloads have their own worker pool,
         # so no transfer slot is held while the command runs.
         async with self._key_locks.hold((f"trigger:{trigger.name}", batch)):
@@ -570,22 +570,23 @@ class Daemon:
             try:
                 outcome = await trigger.run(change)
             except UnsafeKey as refusal:
-                self.stats.refused += 1
-                log.error("%s: batch %s refused: %s", trigger.name, batch, refusal)
+                self.recorder.refused(f"trigger:{trigger.name}", refusal)
+                self._trigger_done(trigger.name, batch, "refused", started)
+                log.error("%s: batch %s refused: %s", trigger.name, batch, refusal, extra=tags)
                 return
             except Exception as exc:
-                self.stats.errors += 1
-                self.stats.trigger_failures += 1
+                self.recorder.error("trigger", f"{trigger.name} {batch}: {exc}")
+                self._trigger_done(trigger.name, batch, "failed", started)
                 log.error(
                     "%s: batch %s failed (receive will be retried): %s: %s",
                     trigger.name,
                     batch,
                     type(exc).__name__,
                     exc,
+                    extra=tags,
                 )
                 raise
-            if outcome == "succeeded":
-                self.stats.trigger_runs += 1
+            self._trigger_done(trigger.name, batch, outcome, started)
             log.info(
                 "%s: batch %s %s (%s, %.1f s)",
                 trigger.name,
@@ -593,7 +594,15 @@ class Daemon:
                 outcome,
                 change.key,
                 time.monotonic() - started,
+                extra=tags,
             )
+
+    def _trigger_done(self, trigger: str, batch: str, result: str, started: float) -> None:
+        seconds = time.monotonic() - started
+        self.stats.trigger_run(trigger, batch, result, seconds)
+        self.metrics.trigger_runs.labels(trigger, result).inc()
+        if result in ("succeeded", "failed"):
+            self.metrics.trigger_seconds.labels(trigger).observe(seconds)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -612,7 +621,15 @@ class Daemon:
                 # systemd for more time, a few ticks at once, for as long as it runs.
                 self.notifier.extend_timeout(3 * interval)
             self.notifier.status(self.stats.line())
+            self._write_status()
             await asyncio.sleep(interval)
+
+    def _write_status(self) -> None:
+        self.metrics.in_flight.set(len(self._work))
+        try:
+            write_snapshot(self.config.agent.state_directory, self.stats.snapshot(len(self._work)))
+        except OSError as exc:  # a full disk must not stop the daemon; say it once a tick
+            log.warning("could not write the status file: %s", exc)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""

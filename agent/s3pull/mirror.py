@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -23,7 +23,7 @@ from s3pull.events import ObjectChange, sequencer_newer
 from s3pull.ledger import Entry, Ledger
 from s3pull.paths import is_folder_placeholder, local_stat, remove_file, safe_parts, walk_files
 
-__all__ = ["CollisionPending", "Mirror", "Outcome", "ReconcilePlan", "RemoteObject"]
+__all__ = ["Applied", "CollisionPending", "Mirror", "Outcome", "ReconcilePlan", "RemoteObject"]
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,18 @@ Outcome = Literal[
     "kept",  # the object is gone but the mirror does not mirror deletions
     "stale",  # an older event than one already applied: skipped
     "placeholder",  # a "folder/" key: nothing to write
+    "refused",  # an unsafe key (or a real file/directory collision): never written
 ]
 
 
 class CollisionPending(S3PullError):
     """Something no longer in S3 is in a key's way and cannot be removed yet: retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    outcome: Outcome
+    size: int = 0  # bytes written (0 unless downloaded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,19 @@ class ReconcilePlan:
         return sum(remote.size for remote, _parts in self.downloads)
 
 
+class Observer(Protocol):
+    """Told about every change a mirror applies or refuses (the daemon's counters)."""
+
+    def applied(self, mirror: str, key: str, applied: Applied) -> None: ...
+
+    def refused(self, mirror: str, refusal: UnsafeKey) -> None: ...
+
+
+def journal_fields(**fields: str) -> dict[str, str]:
+    """``extra=`` for a log call: structured journald fields (S3PULL_MIRROR, ...)."""
+    return {f"S3PULL_{name.upper()}": value for name, value in fields.items()}
+
+
 def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
     """Is the local file still exactly what we last wrote (not drifted)?"""
     return (
@@ -76,11 +96,14 @@ def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
 class Mirror:
     """One ``[[mirror]]``: routes keys, applies changes, reconciles."""
 
-    def __init__(self, config: MirrorConfig, s3: Any, ledger: Ledger) -> None:
+    def __init__(
+        self, config: MirrorConfig, s3: Any, ledger: Ledger, observer: Observer | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self._s3 = s3
         self._ledger = ledger
+        self._observer = observer
 
     def covers(self, bucket: str, key: str) -> bool:
         return self.config.covers(bucket, key)
@@ -88,14 +111,47 @@ class Mirror:
     def parts(self, key: str) -> tuple[str, ...]:
         return safe_parts(key, self.config.prefix, self.config.directory)
 
-    async def apply(self, change: ObjectChange) -> Outcome:
+    async def apply(self, change: ObjectChange) -> Applied:
         """Bring the file for ``change.key`` to the object's current state in S3.
 
-        Raises ``UnsafeKey`` for a key that must not be written; any other exception
-        means the change was not applied and the message must come back.
+        A key that must not be written is refused (logged, outcome ``refused``): retrying
+        cannot help. Any exception means the change was not applied and the message must
+        come back.
         """
+        started = time.monotonic()
+        try:
+            applied = await self._apply(change)
+        except UnsafeKey as refusal:
+            self._refused(refusal)
+            return Applied("refused")
+        self._applied(change.key, applied, change.event_name, started)
+        return applied
+
+    def _applied(self, key: str, applied: Applied, how: str, started: float) -> None:
+        """One log line per applied change, and the observer's counters."""
+        log.info(
+            "%s: %s %s (%s, %d bytes, %.0f ms)",
+            self.name,
+            applied.outcome,
+            key,
+            how,
+            applied.size,
+            (time.monotonic() - started) * 1000,
+            extra=journal_fields(mirror=self.name, key=key, outcome=applied.outcome),
+        )
+        if self._observer is not None:
+            self._observer.applied(self.name, key, applied)
+
+    def _refused(self, refusal: UnsafeKey) -> None:
+        log.warning(
+            "%s: %s", self.name, refusal, extra=journal_fields(mirror=self.name, key=refusal.key)
+        )
+        if self._observer is not None:
+            self._observer.refused(self.name, refusal)
+
+    async def _apply(self, change: ObjectChange) -> Applied:
         if is_folder_placeholder(change.key):
-            return "placeholder"
+            return Applied("placeholder")
         parts = self.parts(change.key)
         entry = self._ledger.get(self.name, change.key)
         if (
@@ -104,9 +160,9 @@ class Mirror:
             and entry.sequencer is not None
             and not sequencer_newer(change.sequencer, entry.sequencer)
         ):
-            return "stale"
+            return Applied("stale")
         if change.kind == "removed" and await self._still_exists(change.key) is False:
-            return self._gone(change.key, parts, change.sequencer)
+            return Applied(self._gone(change.key, parts, change.sequencer))
         return await self._fetch(change.key, parts, entry, change.sequencer)
 
     async def _still_exists(self, key: str) -> bool:
@@ -121,7 +177,7 @@ class Mirror:
 
     async def _fetch(
         self, key: str, parts: tuple[str, ...], entry: Entry | None, sequencer: str | None
-    ) -> Outcome:
+    ) -> Applied:
         try:
             return await self._fetch_once(key, parts, entry, sequencer)
         except PathCollision as collision:
@@ -130,25 +186,25 @@ class Mirror:
 
     async def _fetch_once(
         self, key: str, parts: tuple[str, ...], entry: Entry | None, sequencer: str | None
-    ) -> Outcome:
+    ) -> Applied:
         st = local_stat(self.config.directory, parts, key)
         current = entry.etag if entry is not None and _file_matches(entry, st) else None
         result = await download(
             self._s3, self.config.bucket, key, self.config.directory, parts, if_none_match=current
         )
         if result == GONE:
-            return self._gone(key, parts, sequencer)
+            return Applied(self._gone(key, parts, sequencer))
         if result == NOT_MODIFIED:
             assert entry is not None and entry.size is not None and entry.mtime_ns is not None
             self._ledger.record_present(
                 self.name, key, entry.etag, entry.size, entry.mtime_ns, sequencer
             )
-            return "unchanged"
+            return Applied("unchanged")
         assert isinstance(result, Downloaded)
         self._ledger.record_present(
             self.name, key, result.etag, result.size, result.mtime_ns, sequencer
         )
-        return "downloaded"
+        return Applied("downloaded", result.size)
 
     async def _settle_collision(self, collision: PathCollision) -> None:
         """A file and a directory want the same name. Ask S3 which one is real.
@@ -264,27 +320,23 @@ class Mirror:
                 obj, parts = work.get_nowait()
                 started = time.monotonic()
                 try:
-                    outcome = await self._fetch(obj.key, parts, None, None)
+                    applied = await self._fetch(obj.key, parts, None, None)
                 except UnsafeKey as refusal:
-                    log.warning("%s: %s", self.name, refusal)
+                    self._refused(refusal)
                 except Exception as exc:
                     log.error("%s: could not download %s: %s", self.name, obj.key, exc)
                     failures.append(exc)
                 else:
-                    log.info(
-                        "%s: %s %s (%d bytes, %.0f ms)",
-                        self.name,
-                        outcome,
-                        obj.key,
-                        obj.size,
-                        (time.monotonic() - started) * 1000,
-                    )
+                    self._applied(obj.key, applied, "reconcile", started)
                 if on_progress is not None:
                     on_progress(obj.size)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, work.qsize())))))
+        for refusal in plan.refused:
+            self._refused(refusal)
         for key, parts in plan.deletions:
+            started = time.monotonic()
             if remove_file(self.config.directory, parts, key):
                 self._ledger.record_absent(self.name, key)
-                log.info("%s: deleted %s (not in S3)", self.name, key)
+                self._applied(key, Applied("deleted"), "reconcile: not in S3", started)
         return failures

@@ -40,10 +40,7 @@ class ReconcileReport:
 async def plan_all(mirrors: Sequence[Mirror]) -> list[tuple[Mirror, ReconcilePlan]]:
     plans = []
     for mirror in mirrors:
-        plan = await mirror.plan()
-        for refusal in plan.refused:
-            log.warning("%s: %s", mirror.name, refusal)
-        plans.append((mirror, plan))
+        plans.append((mirror, await mirror.plan()))
     return plans
 
 

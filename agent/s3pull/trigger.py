@@ -26,7 +26,7 @@ from s3pull.download import is_missing
 from s3pull.errors import S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
 from s3pull.ledger import Ledger
-from s3pull.mirror import Mirror, RemoteObject
+from s3pull.mirror import Mirror, Observer, RemoteObject
 from s3pull.paths import ensure_directory, safe_parts
 
 __all__ = ["Manifest", "Trigger", "TriggerFailed", "TriggerOutcome", "parse_manifest"]
@@ -86,7 +86,14 @@ def parse_manifest(text: str) -> Manifest:
 class Trigger:
     """One ``[[trigger]]``: recognises its markers and runs their batches."""
 
-    def __init__(self, config: TriggerConfig, s3: Any, ledger: Ledger, concurrency: int) -> None:
+    def __init__(
+        self,
+        config: TriggerConfig,
+        s3: Any,
+        ledger: Ledger,
+        concurrency: int,
+        observer: Observer | None = None,
+    ) -> None:
         self.config = config
         self.name = config.name
         self._s3 = s3
@@ -104,6 +111,7 @@ class Trigger:
             ),
             s3,
             ledger,
+            observer,
         )
 
     def is_marker(self, change: ObjectChange) -> bool:

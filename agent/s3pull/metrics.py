@@ -1,0 +1,75 @@
+"""Prometheus metrics: recorded always (cheap), served when ``[metrics] listen`` is set."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from s3pull.config import MetricsConfig
+
+__all__ = ["Metrics"]
+
+log = logging.getLogger(__name__)
+
+_LAG_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_DURATION_BUCKETS: Final = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+
+
+class Metrics:
+    """Every metric s3pull exports, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.changes = Counter(
+            "s3pull_changes_applied",
+            "Changes applied to mirrors, by outcome.",
+            ["mirror", "outcome"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "s3pull_downloaded_bytes",
+            "Bytes written to mirrors and batches.",
+            ["mirror"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "s3pull_errors",
+            "Failures, by cause (s3, sqs, disk, parse, trigger, ...).",
+            ["cause"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "s3pull_refused_keys", "Keys refused as unsafe.", ["mirror"], registry=r
+        )
+        self.trigger_runs = Counter(
+            "s3pull_trigger_runs", "Trigger runs, by result.", ["trigger", "result"], registry=r
+        )
+        self.trigger_seconds = Histogram(
+            "s3pull_trigger_duration_seconds",
+            "Time from marker handled to run finished.",
+            ["trigger"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_lag = Histogram(
+            "s3pull_queue_lag_seconds",
+            "From a message's SentTimestamp to its change applied.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_seconds = Histogram(
+            "s3pull_reconcile_duration_seconds",
+            "Full reconciles, per mirror.",
+            ["mirror"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("s3pull_messages_in_flight", "Messages being worked on.", registry=r)
+
+    def serve(self, config: MetricsConfig) -> None:
+        """Serve /metrics in Prometheus text format from a background thread."""
+        start_http_server(config.port, addr=config.host, registry=self.registry)
+        log.info("serving metrics on http://%s/metrics", config.listen)

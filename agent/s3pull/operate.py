@@ -1,0 +1,210 @@
+"""What an operator runs when paged: ``status`` and the ``dlq`` tools."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Final
+
+from s3pull.aws import open_clients
+from s3pull.config import Config
+from s3pull.errors import UnparseableBody
+from s3pull.events import parse_body
+from s3pull.status import process_alive, queue_depths, read_snapshot, verdict
+
+__all__ = ["dlq_list_command", "dlq_redrive_command", "status_command"]
+
+PEEK_VISIBILITY: Final = 30  # seconds a listed dead letter is hidden before it shows again
+
+
+def _ago(then: float | None) -> str:
+    if not then:
+        return "never"
+    seconds = max(0.0, time.time() - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+async def status_command(config: Config, queue_url: str | None, as_json: bool) -> int:
+    snapshot = read_snapshot(config.agent.state_directory)
+    alive = bool(
+        snapshot
+        and snapshot.get("phase") != "stopped"
+        and process_alive(int(snapshot.get("pid", 0)))
+        and time.time() - float(snapshot.get("updated_at", 0)) < 30
+    )
+    urls = list(snapshot.get("queue_urls", [])) if snapshot else []
+    if not urls and queue_url:
+        urls = [queue_url]
+    queues: list[dict[str, Any]] = []
+    async with open_clients(config) as clients:
+        for url in urls:
+            try:
+                queues.append(await queue_depths(clients.sqs, url))
+            except Exception as exc:  # report it; status must work when AWS does not
+                queues.append({"url": url, "error": str(exc)})
+    word = verdict(snapshot, alive, queues)
+    if as_json:
+        print(
+            json.dumps(
+                {"verdict": word, "alive": alive, "daemon": snapshot, "queues": queues}, indent=1
+            )
+        )
+    else:
+        _print_status(word, alive, snapshot, queues)
+    return 0 if word == "IN SYNC" else 1
+
+
+def _print_status(
+    word: str, alive: bool, snapshot: dict[str, Any] | None, queues: list[dict[str, Any]]
+) -> None:
+    print(f"s3pull: {word}")
+    if snapshot is None:
+        print("  daemon        has never run with this state directory")
+    else:
+        state = "running" if alive else "not running"
+        print(
+            f"  daemon        {state} (pid {snapshot.get('pid')}, started"
+            f" {_ago(snapshot.get('started_at'))}, phase: {snapshot.get('phase')},"
+            f" {snapshot.get('in_flight', 0)} message(s) in flight)"
+        )
+    for queue in queues:
+        name = str(queue["url"]).rsplit("/", 1)[-1]
+        if "error" in queue:
+            print(f"  queue         {name}: cannot ask SQS: {queue['error']}")
+            continue
+        dead = queue["dead_lettered"]
+        dead_text = "no dead-letter queue" if dead is None else f"{dead} dead-lettered"
+        hint = "  (see: s3pull dlq list)" if dead else ""
+        print(
+            f"  queue         {name}: {queue['visible']} waiting, {queue['in_flight']}"
+            f" in flight, {dead_text}{hint}"
+        )
+    if snapshot is None:
+        return
+    lag = snapshot.get("lag_seconds")
+    if lag is not None:
+        print(f"  lag           {lag:.1f} s from send to applied (last message)")
+    counters = snapshot.get("counters", {})
+    print(
+        f"  changes       {counters.get('applied', 0)} applied, {counters.get('refused', 0)}"
+        f" refused, {counters.get('errors', 0)} errors; last {_ago(snapshot.get('last_change_at'))}"
+    )
+    reconcile = snapshot.get("last_reconcile")
+    if reconcile:
+        print(
+            f"  reconcile     {_ago(reconcile['at'])}: {reconcile['downloaded']} downloaded,"
+            f" {reconcile['deleted']} deleted, {reconcile['failed']} failed"
+            f" ({reconcile['seconds']:.1f} s)"
+        )
+    for mirror, changes in sorted(snapshot.get("last_changes", {}).items()):
+        last = changes[-1]
+        print(
+            f"  {mirror:<13} last: {last['outcome']} {last['key']} ({last['bytes']} bytes)"
+            f" {_ago(last['at'])}"
+        )
+    for run in snapshot.get("trigger_runs", [])[-5:]:
+        print(
+            f"  trigger       {run['trigger']} {run['batch']} {run['result']}"
+            f" {_ago(run['at'])} ({run['seconds']:.1f} s)"
+        )
+    for refusal in snapshot.get("refused", [])[-5:]:
+        print(
+            f"  refused       {refusal['where']}: {refusal['key']!r}: {refusal['reason']}"
+            f" ({_ago(refusal['at'])})"
+        )
+    for error in snapshot.get("errors", [])[-5:]:
+        print(f"  error         {error['message']} ({_ago(error['at'])})")
+
+
+def _summary(body: str) -> str:
+    """What a dead letter is about, in one line."""
+    try:
+        notification = parse_body(body)
+    except UnparseableBody as exc:
+        return f"unparseable: {exc}"
+    if notification.test_event:
+        return "s3:TestEvent"
+    parts = [f"{c.event_name} s3://{c.bucket}/{c.key}" for c in notification.changes]
+    return "; ".join(parts) or "no records"
+
+
+async def _dead_letter_url(sqs: Any, queue_url: str) -> str:
+    depths = await queue_depths(sqs, queue_url)
+    if depths["dead_letter_url"] is None:
+        raise SystemExit(f"s3pull: {queue_url} has no dead-letter queue (no RedrivePolicy)")
+    return str(depths["dead_letter_url"])
+
+
+async def _receive(sqs: Any, url: str, visibility: int) -> list[dict[str, Any]]:
+    response = await sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        WaitTimeSeconds=1,
+        VisibilityTimeout=visibility,
+        MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+    )
+    return list(response.get("Messages", ()))
+
+
+async def dlq_list_command(config: Config, queue_url: str, most: int, as_json: bool) -> int:
+    """Show dead letters without removing them (each is hidden briefly while read)."""
+    async with open_clients(config) as clients:
+        dead_url = await _dead_letter_url(clients.sqs, queue_url)
+        seen: dict[str, dict[str, Any]] = {}
+        while len(seen) < most:
+            batch = await _receive(clients.sqs, dead_url, PEEK_VISIBILITY)
+            fresh = [m for m in batch if m["MessageId"] not in seen]
+            if not fresh:
+                break
+            for message in fresh:
+                seen[message["MessageId"]] = message
+        # Hand them back at once: listing must not delay a redrive.
+        for message in seen.values():
+            await clients.sqs.change_message_visibility(
+                QueueUrl=dead_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+    rows = [
+        {
+            "message_id": m["MessageId"],
+            "sent": time.strftime(
+                "%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(m["Attributes"]["SentTimestamp"]) / 1000)
+            ),
+            "receives": int(m["Attributes"].get("ApproximateReceiveCount", 0)),
+            "summary": _summary(m.get("Body", "")),
+            "body": m.get("Body", ""),
+        }
+        for m in list(seen.values())[:most]
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{len(rows)} dead-lettered message(s) in {dead_url.rsplit('/', 1)[-1]}")
+        for row in rows:
+            print(f"  {row['message_id']}  {row['sent']}  {row['summary']}")
+    return 0
+
+
+async def dlq_redrive_command(config: Config, queue_url: str, most: int) -> int:
+    """Move dead letters back to their queue (send a copy, then delete the dead letter)."""
+    moved = 0
+    async with open_clients(config) as clients:
+        sqs = clients.sqs
+        dead_url = await _dead_letter_url(sqs, queue_url)
+        while moved < most:
+            batch = (await _receive(sqs, dead_url, PEEK_VISIBILITY))[: most - moved]
+            if not batch:
+                break
+            for message in batch:
+                # Sent first, deleted second: a crash in between duplicates a message,
+                # which the agent handles; the reverse order could lose one.
+                await sqs.send_message(QueueUrl=queue_url, MessageBody=message["Body"])
+                await sqs.delete_message(QueueUrl=dead_url, ReceiptHandle=message["ReceiptHandle"])
+                moved += 1
+    print(
+        f"moved {moved} message(s) from {dead_url.rsplit('/', 1)[-1]} back to"
+        f" {queue_url.rsplit('/', 1)[-1]}"
+    )
+    return 0

@@ -1,0 +1,203 @@
+"""What the daemon is doing, kept for ``s3pull status`` and systemd's STATUS line.
+
+The daemon records into ``Stats`` as it works and writes a snapshot to
+``<state_directory>/status.json`` on every tick; ``s3pull status`` reads it back, checks
+the process is alive, adds the queue's depth from SQS, and says whether this server is in
+sync.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["STATUS_FILE", "Stats", "read_snapshot", "write_snapshot"]
+
+STATUS_FILE: Final = "status.json"
+HISTORY: Final = 10  # entries kept per list: enough to answer "what happened last?"
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(slots=True)
+class Stats:
+    applied: int = 0
+    refused: int = 0
+    errors: int = 0
+    trigger_runs: int = 0
+    trigger_failures: int = 0
+    phase: str = "starting"
+    started_at: float = field(default_factory=_now)
+    last_change_at: float | None = None
+    lag_seconds: float | None = None
+    queue_urls: list[str] = field(default_factory=list)
+    last_changes: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    recent_runs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    recent_refusals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    recent_errors: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    last_reconcile: dict[str, Any] | None = None
+
+    def change(self, mirror: str, key: str, outcome: str, size: int) -> None:
+        self.applied += 1
+        self.last_change_at = _now()
+        history = self.last_changes.setdefault(mirror, deque(maxlen=HISTORY))
+        history.append({"key": key, "outcome": outcome, "bytes": size, "at": self.last_change_at})
+
+    def refusal(self, where: str, key: str, reason: str) -> None:
+        self.refused += 1
+        self.recent_refusals.append({"where": where, "key": key, "reason": reason, "at": _now()})
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        self.recent_errors.append({"message": message, "at": _now()})
+
+    def trigger_run(self, trigger: str, batch: str, result: str, seconds: float) -> None:
+        if result == "succeeded":
+            self.trigger_runs += 1
+        elif result == "failed":
+            self.trigger_failures += 1
+        self.recent_runs.append(
+            {
+                "trigger": trigger,
+                "batch": batch,
+                "result": result,
+                "seconds": round(seconds, 3),
+                "at": _now(),
+            }
+        )
+
+    def reconcile(self, downloaded: int, deleted: int, failed: int, seconds: float) -> None:
+        self.last_reconcile = {
+            "downloaded": downloaded,
+            "deleted": deleted,
+            "failed": failed,
+            "seconds": round(seconds, 3),
+            "at": _now(),
+        }
+
+    def line(self) -> str:
+        """One line for systemd's STATUS=."""
+        ago = (
+            f", last change {_now() - self.last_change_at:.0f}s ago"
+            if self.last_change_at is not None
+            else ""
+        )
+        runs = (
+            f", {self.trigger_runs} batches run, {self.trigger_failures} failed"
+            if self.trigger_runs or self.trigger_failures
+            else ""
+        )
+        return (
+            f"{self.phase}; {self.applied} changes applied, {self.refused} refused,"
+            f" {self.errors} errors{runs}{ago}"
+        )
+
+    def snapshot(self, in_flight: int) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "updated_at": _now(),
+            "started_at": self.started_at,
+            "phase": self.phase,
+            "in_flight": in_flight,
+            "queue_urls": self.queue_urls,
+            "counters": {
+                "applied": self.applied,
+                "refused": self.refused,
+                "errors": self.errors,
+                "trigger_runs": self.trigger_runs,
+                "trigger_failures": self.trigger_failures,
+            },
+            "lag_seconds": self.lag_seconds,
+            "last_change_at": self.last_change_at,
+            "last_changes": {mirror: list(h) for mirror, h in self.last_changes.items()},
+            "trigger_runs": list(self.recent_runs),
+            "refused": list(self.recent_refusals),
+            "errors": list(self.recent_errors),
+            "last_reconcile": self.last_reconcile,
+        }
+
+
+def write_snapshot(state_directory: Path, snapshot: dict[str, Any]) -> None:
+    """Replace the status file atomically: a reader never sees half of it."""
+    target = state_directory / STATUS_FILE
+    temporary = target.with_name(f".{STATUS_FILE}.tmp")
+    temporary.write_text(json.dumps(snapshot, indent=1))
+    os.replace(temporary, target)
+
+
+def read_snapshot(state_directory: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((state_directory / STATUS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- `s3pull status` -------------------------------------------------------------------
+
+ALIVE_WITHIN_SECONDS: Final = 30.0  # the daemon rewrites its status every 5 s
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's (status run without root)
+        return True
+    return True
+
+
+async def queue_depths(sqs: Any, queue_url: str) -> dict[str, Any]:
+    """Visible, in flight, and the dead-letter queue's depth, from SQS itself."""
+    attributes = (
+        await sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "RedrivePolicy",
+            ],
+        )
+    )["Attributes"]
+    depths: dict[str, Any] = {
+        "url": queue_url,
+        "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        "dead_letter_url": None,
+        "dead_lettered": None,
+    }
+    redrive = attributes.get("RedrivePolicy")
+    if redrive:
+        dead_name = json.loads(redrive)["deadLetterTargetArn"].rsplit(":", 1)[1]
+        dead_url = (await sqs.get_queue_url(QueueName=dead_name))["QueueUrl"]
+        dead = (
+            await sqs.get_queue_attributes(
+                QueueUrl=dead_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )
+        )["Attributes"]
+        depths["dead_letter_url"] = dead_url
+        depths["dead_lettered"] = int(dead.get("ApproximateNumberOfMessages", 0))
+    return depths
+
+
+def verdict(snapshot: dict[str, Any] | None, alive: bool, queues: list[dict[str, Any]]) -> str:
+    """One word an operator can act on: IN SYNC, BEHIND, BOOTSTRAPPING, BACKING OFF,
+    NOT RUNNING."""
+    if snapshot is None or not alive:
+        return "NOT RUNNING"
+    phase = str(snapshot.get("phase", ""))
+    if phase.startswith("backing off"):
+        return "BACKING OFF"
+    if phase in ("starting", "bootstrapping", "recreating the queue"):
+        return "BOOTSTRAPPING"
+    if any(queue.get("visible") for queue in queues):
+        return "BEHIND"
+    return "IN SYNC"
