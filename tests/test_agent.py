@@ -488,14 +488,3 @@ def test_reordered_file_and_directory_events_end_equal_to_s3(
     assert f"deleted {first} (no longer in S3, in the way of {then_put})" in agent.log
     wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
     assert agent.stop() == 0
-
-
-def test_sighup_does_not_kill_the_daemon(
-    config_path: Path, start_agent: Callable[[Path], Agent]
-) -> None:
-    agent = start_agent(config_path)
-    agent.wait_ready()
-    agent.process.send_signal(signal.SIGHUP)
-    agent.wait_for_log("received SIGHUP: configuration reload is not supported yet")
-    assert agent.process.poll() is None
-    assert agent.stop() == 0

@@ -49,7 +49,7 @@ def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # botocore and aiobotocore are chatty at INFO about credentials and retries.
-    for noisy in ("botocore", "aiobotocore", "urllib3"):
+    for noisy in ("botocore", "aiobotocore", "urllib3", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

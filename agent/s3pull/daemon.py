@@ -18,11 +18,14 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from watchfiles import Change, awatch
+
 from s3pull.aws import TRANSIENT_ERRORS, Clients, open_clients
-from s3pull.config import Config
-from s3pull.errors import UnparseableBody, UnsafeKey
+from s3pull.config import Config, load_config
+from s3pull.errors import ConfigError, UnparseableBody, UnsafeKey
 from s3pull.events import ObjectChange, parse_body
 from s3pull.identity import Identity, InstanceMetadata, MetadataUnavailable
 from s3pull.inbox import BATCH, Inbox, Message
@@ -30,7 +33,7 @@ from s3pull.ledger import Ledger
 from s3pull.metrics import Metrics
 from s3pull.mirror import Applied, Mirror, journal_fields
 from s3pull.notify import Notifier
-from s3pull.paths import remove_leftover_temp_files
+from s3pull.paths import TEMP_PREFIX, remove_leftover_temp_files
 from s3pull.provision import OwnQueue, is_missing_queue
 from s3pull.reconcile import reconcile_all
 from s3pull.status import Stats, write_snapshot
@@ -47,6 +50,8 @@ T = TypeVar("T")
 DRAIN_DEADLINE_SECONDS: Final = 30.0
 DELETE_DEADLINE_SECONDS: Final = 10.0
 HEARTBEAT_INTERVAL_SECONDS: Final = 3600.0
+CONFIG_DEBOUNCE_MS: Final = 300
+DRIFT_DEBOUNCE_MS: Final = 200
 LIFECYCLE_POLL_SECONDS: Final = float(os.environ.get("S3PULL_LIFECYCLE_POLL_SECONDS", "15"))
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 60.0
@@ -140,13 +145,21 @@ class Daemon:
         self.recorder = Recorder(self.stats, self.metrics)
         self.should_exit = False
         self.force_exit = False
+        # _stop: leave the current serve (to exit, or to reload); _exit: leave for good.
         self._stop = asyncio.Event()
+        self._exit = asyncio.Event()
         self._force = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._next_config: Config | None = None
+        self._metrics_served = False
         self._key_locks = KeyLocks()
+        self._work: set[asyncio.Task[None]] = set()
+        self._size_for(config)
+
+    def _size_for(self, config: Config) -> None:
         self._transfers = asyncio.Semaphore(config.agent.concurrency)
         # Messages being worked on at once; receiving pauses when all slots are taken.
         self._message_slots = Slots(max(10, config.agent.concurrency * 2))
-        self._work: set[asyncio.Task[None]] = set()
 
     # -- signals ---------------------------------------------------------------------
 
@@ -154,16 +167,17 @@ class Daemon:
         if self.should_exit:
             self.force_exit = True
             self._force.set()
-        self.should_exit = True
-        self._stop.set()
+        self._leave_for_good()
         log.info("received %s, stopping", signal.Signals(signum).name)
 
+    def _leave_for_good(self) -> None:
+        self.should_exit = True
+        self._exit.set()
+        self._stop.set()
+
     def handle_reload(self) -> None:
-        # SIGHUP's default action would kill the daemon without a drain.
-        log.warning(
-            "received SIGHUP: configuration reload is not supported yet;"
-            " restart the agent to apply a new configuration"
-        )
+        log.info("received SIGHUP, reloading the configuration")
+        self._reload_requested.set()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -175,6 +189,33 @@ class Daemon:
 
     async def run(self) -> int:
         self._install_signal_handlers()
+        reloader = [
+            asyncio.create_task(self._reload_when_asked()),
+            asyncio.create_task(self._watch_config_file()),
+        ]
+        try:
+            while True:
+                await self._run_once()
+                if self.should_exit or self._next_config is None:
+                    break
+                # A new configuration, already validated: serve again with it. Stats and
+                # metrics carry on; mirrors reconcile again at the start of the serve.
+                self.config, self._next_config = self._next_config, None
+                self._size_for(self.config)
+                self._stop.clear()
+                log.info(
+                    "serving the new configuration: %d mirror(s), %d trigger(s)",
+                    len(self.config.mirrors),
+                    len(self.config.triggers),
+                )
+        finally:
+            await self._cancel(reloader)
+        self.stats.phase = "stopped"
+        self._write_status()
+        log.info("stopped: %s", self.stats.line())
+        return 0
+
+    async def _run_once(self) -> None:
         ledger = Ledger.open(self.config.agent.state_directory)
         try:
             async with open_clients(self.config, self.identity.region) as clients:
@@ -187,10 +228,50 @@ class Daemon:
                     log.info("deprovisioned queue %s", own.name)
         finally:
             ledger.close()
-        self.stats.phase = "stopped"
-        self._write_status()
-        log.info("stopped: %s", self.stats.line())
-        return 0
+
+    # -- reload ----------------------------------------------------------------------
+
+    async def _reload_when_asked(self) -> None:
+        """On SIGHUP or a change of the file: load it; if it is valid and different,
+        leave the current serve so ``run`` starts again with it. A broken file is
+        reported and the running configuration kept."""
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            try:
+                new = load_config(self.config.path)
+            except ConfigError as exc:
+                self.recorder.error("config", f"reload refused: {exc}")
+                log.error("configuration reload failed, keeping the running configuration: %s", exc)
+                continue
+            if new == self.config:
+                log.info("configuration unchanged")
+                continue
+            if new.metrics != self.config.metrics and self._metrics_served:
+                log.warning("[metrics] changed: the metrics endpoint moves at the next restart")
+            self._next_config = new
+            self._stop.set()
+
+    async def _watch_config_file(self) -> None:
+        """Reload when the configuration file changes. The directory is watched, not the
+        file, because editors and config managers replace files by renaming."""
+        path = self.config.path.resolve()
+
+        def is_config(_change: Change, changed: str) -> bool:
+            return Path(changed) == path
+
+        try:
+            async for _changes in awatch(
+                path.parent,
+                watch_filter=is_config,
+                stop_event=self._exit,
+                recursive=False,
+                debounce=CONFIG_DEBOUNCE_MS,
+            ):
+                log.info("configuration file %s changed", path)
+                self._reload_requested.set()
+        except OSError as exc:  # the directory vanished, or no inotify watches left
+            log.warning("not watching %s for changes (SIGHUP still reloads): %s", path, exc)
 
     async def _serve(self, clients: Clients, ledger: Ledger, own: OwnQueue) -> None:
         mirrors = [Mirror(m, clients.s3, ledger, self.recorder) for m in self.config.mirrors]
@@ -198,8 +279,9 @@ class Daemon:
             Trigger(t, clients.s3, ledger, self.config.agent.concurrency, self.recorder)
             for t in self.config.triggers
         ]
-        if self.config.metrics is not None:
+        if self.config.metrics is not None and not self._metrics_served:
             self.metrics.serve(self.config.metrics)
+            self._metrics_served = True
         # The tick runs from the start, so systemd hears from a long bootstrap.
         helpers = [asyncio.create_task(self._tick(), name="tick")]
         self._set_phase("bootstrapping")
@@ -221,7 +303,8 @@ class Daemon:
             helpers.append(asyncio.create_task(self._watch_lifecycle()))
         try:
             await self._startup(clients, consumers, mirrors, triggers)
-            if not self.should_exit:
+            if not self._stop.is_set():
+                helpers.append(asyncio.create_task(self._watch_drift(mirrors)))
                 await self._main_loop(consumers, own, mirrors)
             await self._shutdown()
         finally:
@@ -370,7 +453,7 @@ class Daemon:
         inbox = consumer.inbox
         log.info("ready: polling %s", inbox.queue_url)
         backoff = BACKOFF_FIRST
-        while not self.should_exit:
+        while not self._stop.is_set():
             room = await self._unless_stopping(
                 asyncio.ensure_future(self._message_slots.reserve(BATCH))
             )
@@ -464,7 +547,7 @@ class Daemon:
     async def _watch_lifecycle(self) -> None:
         """Drain and deprovision when Auto Scaling says this instance is terminating."""
         metadata = InstanceMetadata()
-        while not self.should_exit:
+        while not self._stop.is_set():
             await asyncio.sleep(LIFECYCLE_POLL_SECONDS)
             try:
                 state = await metadata.lifecycle_state()
@@ -477,9 +560,45 @@ class Daemon:
                     " removing this server's queue and subscription"
                 )
                 self._deprovision_on_exit = True
-                self.should_exit = True
-                self._stop.set()
+                self._leave_for_good()
                 return
+
+    async def _watch_drift(self, mirrors: list[Mirror]) -> None:
+        """Put back what someone changed or deleted in a mirror, and remove files S3 does
+        not have (when the mirror mirrors deletions). Our own writes match the ledger by
+        the time the per-key lock lets the repair look at them, so they are skipped."""
+        if not mirrors:
+            return
+        roots = [m.config.directory for m in mirrors]
+        async for changes in awatch(
+            *roots,
+            stop_event=self._stop,
+            debounce=DRIFT_DEBOUNCE_MS,
+            recursive=True,
+            ignore_permission_denied=True,
+        ):
+            for _change, changed in sorted(changes, key=lambda c: c[1]):
+                path = Path(changed)
+                if path.name.startswith(TEMP_PREFIX):
+                    continue
+                for mirror in mirrors:
+                    if path.is_relative_to(mirror.config.directory):
+                        await self._repair(mirror, path)
+
+    async def _repair(self, mirror: Mirror, path: Path) -> None:
+        key = mirror.config.prefix + path.relative_to(mirror.config.directory).as_posix()
+        async with self._key_locks.hold((mirror.name, key)), self._transfers:
+            try:
+                await mirror.repair(path)
+            except Exception as exc:  # the next change or reconcile tries again
+                self.recorder.error("drift", f"{mirror.name}: {key}: {exc}")
+                log.error(
+                    "%s: could not repair local drift of %s: %s: %s",
+                    mirror.name,
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
 
     # -- one message -----------------------------------------------------------------
 
@@ -654,7 +773,7 @@ class Daemon:
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``call`` until it succeeds, backing off on transient errors; None if stopped."""
         backoff = BACKOFF_FIRST
-        while not self.should_exit:
+        while not self._stop.is_set():
             try:
                 return await self._unless_stopping(asyncio.ensure_future(call()))
             except TRANSIENT_ERRORS as exc:

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
@@ -148,6 +149,37 @@ class Mirror:
         )
         if self._observer is not None:
             self._observer.refused(self.name, refusal)
+
+    async def repair(self, path: Path) -> Applied | None:
+        """A file below the directory changed on disk: put back what S3 holds.
+
+        Returns None when there is nothing to repair: our own write (the file matches
+        the ledger), a temporary file, a directory, or a name no key of ours could have.
+        """
+        try:
+            relative = path.relative_to(self.config.directory).as_posix()
+        except ValueError:
+            return None
+        key = self.config.prefix + relative
+        started = time.monotonic()
+        try:
+            parts = self.parts(key)
+            st = local_stat(self.config.directory, parts, key)
+        except UnsafeKey:
+            return None
+        entry = self._ledger.get(self.name, key)
+        if _file_matches(entry, st) or (st is None and (entry is None or not entry.present)):
+            return None
+        if await self._still_exists(key):
+            applied = await self._fetch(key, parts, None, None)
+        elif st is not None and self.config.delete:
+            remove_file(self.config.directory, parts, key)
+            self._ledger.record_absent(self.name, key)
+            applied = Applied("deleted")
+        else:
+            return None
+        self._applied(key, applied, "local drift", started)
+        return applied
 
     async def _apply(self, change: ObjectChange) -> Applied:
         if is_folder_placeholder(change.key):
