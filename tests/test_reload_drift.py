@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Agent, render_config, wait_until
-from test_agent import queue_depth
 from s3pull.emulator import Pipeline
+from test_agent import queue_depth
 
 
 def mirror_table(
