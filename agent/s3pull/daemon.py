@@ -210,9 +210,9 @@ class Daemon:
                 )
         finally:
             await self._cancel(reloader)
+        log.info("stopped: %s", self.stats.line())
         self.stats.phase = "stopped"
         self._write_status()
-        log.info("stopped: %s", self.stats.line())
         return 0
 
     async def _run_once(self) -> None:
