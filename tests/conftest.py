@@ -41,6 +41,38 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         time.sleep(0.05)
 
 
+def run_s3pull(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command line, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "s3pull", *args],
+        capture_output=True,
+        text=True,
+        env={**AGENT_ENV, **(env or {})},
+        timeout=120,
+    )
+
+
+def queue_depth(pipeline: Pipeline, url: str) -> int:
+    """Messages waiting plus in flight."""
+    attributes = client(pipeline.endpoint, "sqs").get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def receive_bodies(sqs: Any, url: str) -> list[str]:
+    """Take what a queue holds now (one long poll of a second), deleting it."""
+    response = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    bodies = []
+    for message in response.get("Messages", ()):
+        bodies.append(message["Body"])
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return bodies
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     with moto_server() as endpoint:

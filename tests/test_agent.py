@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Agent, render_config, wait_until
+from conftest import Agent, queue_depth, receive_bodies, render_config, wait_until
 from s3pull.emulator import Pipeline, create_pipeline
 from s3pull.paths import TEMP_PREFIX
 
@@ -125,18 +125,6 @@ def test_create_same_size_overwrite_and_delete_through_notifications(
     wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
     assert queue_depth(pipeline, pipeline.dead_letter_url) == 0
     assert agent.stop() == 0
-
-
-def queue_depth(pipeline: Pipeline, url: str) -> int:
-    from s3pull.emulator import client
-
-    attributes = client(pipeline.endpoint, "sqs").get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 def test_sns_wrapped_bodies_work_too(
@@ -329,14 +317,7 @@ def test_unparseable_bodies_go_to_the_dead_letter_queue(
     dead: list[str] = []
 
     def all_dead_lettered() -> bool:
-        response = sqs.receive_message(
-            QueueUrl=pipeline.dead_letter_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-        )
-        for message in response.get("Messages", ()):
-            dead.append(message["Body"])
-            sqs.delete_message(
-                QueueUrl=pipeline.dead_letter_url, ReceiptHandle=message["ReceiptHandle"]
-            )
+        dead.extend(receive_bodies(sqs, pipeline.dead_letter_url))
         return sorted(dead) == sorted(bodies)
 
     wait_until(all_dead_lettered, timeout=60, what="bodies in the dead-letter queue")
@@ -428,11 +409,12 @@ def test_a_change_that_fails_is_not_deleted_and_ends_in_the_dead_letter_queue(
     agent.wait_for_log("broken: could not apply ObjectCreated:Put to x.txt, will retry")
 
     # max_receive_count is 2: after the second failed receive SQS dead-letters it.
-    def dead_lettered() -> list[str]:
-        response = sqs.receive_message(QueueUrl=pipeline.dead_letter_url, WaitTimeSeconds=1)
-        return [m["Body"] for m in response.get("Messages", ())]
-
-    assert wait_until(dead_lettered, timeout=60, what="the dead-letter queue") == [body]
+    dead_lettered = wait_until(
+        lambda: receive_bodies(sqs, pipeline.dead_letter_url),
+        timeout=60,
+        what="the dead-letter queue",
+    )
+    assert dead_lettered == [body]
     assert agent.log.count("broken: could not apply ObjectCreated:Put to x.txt") >= 2
     assert agent.stop() == 0
 

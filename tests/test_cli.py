@@ -8,18 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AGENT_ENV, render_config
+from conftest import run_s3pull as s3pull
 from s3pull import __version__
 from s3pull.emulator import Pipeline
-
-
-def s3pull(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "s3pull", *args],
-        capture_output=True,
-        text=True,
-        env=env or AGENT_ENV,
-        timeout=120,
-    )
 
 
 def write_config(tmp_path: Path, pipeline: Pipeline, delete: bool = True) -> Path:

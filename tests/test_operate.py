@@ -6,26 +6,16 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import AGENT_ENV, Agent, render_config, wait_until
+from conftest import Agent, render_config, wait_until
+from conftest import run_s3pull as s3pull
 from s3pull.emulator import Pipeline
 from s3pull.status import verdict
 from test_agent import queue_depth, s3_event
-
-
-def s3pull(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "s3pull", *args],
-        capture_output=True,
-        text=True,
-        env=AGENT_ENV,
-        timeout=60,
-    )
 
 
 def free_port() -> int:

@@ -4,8 +4,6 @@ against a moto server, with a local HTTP server playing the instance metadata se
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import AGENT_ENV, Agent, render_config, wait_until
+from conftest import Agent, render_config, wait_until
+from conftest import run_s3pull as s3pull
 from s3pull.emulator import Pipeline, client, create_pipeline
 from s3pull.provision import HEARTBEAT_TAG, INSTANCE_TAG
 
@@ -101,16 +100,6 @@ def topic_config(
         text = text.replace("[agent]\n", f'[agent]\ninstance_id = "{instance_id}"\n')
     path.write_text(text)
     return path
-
-
-def s3pull(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "s3pull", *args],
-        capture_output=True,
-        text=True,
-        env={**AGENT_ENV, **(env or {})},
-        timeout=120,
-    )
 
 
 def queue_url(sqs: Any, name: str) -> str | None:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from conftest import Agent, render_config, wait_until
+from conftest import Agent, queue_depth, receive_bodies, render_config, wait_until
 from s3pull.emulator import Pipeline, client, create_pipeline
 from s3pull.trigger import parse_manifest
-from test_agent import queue_depth, s3_event
+from test_agent import s3_event
 
 RECORD_BATCH = Path(__file__).parent / "commands" / "record_batch.py"
 
@@ -115,11 +115,11 @@ def test_manifest_timeout_fails_retries_then_dead_letters(
     agent.wait_ready()
     s3.put_object(Bucket=pipeline.bucket, Key="incoming/t1/_READY", Body=b"never.csv\n")
 
-    def dead_lettered() -> list[str]:
-        response = sqs.receive_message(QueueUrl=pipeline.dead_letter_url, WaitTimeSeconds=1)
-        return [m["Body"] for m in response.get("Messages", ())]
-
-    (body,) = wait_until(dead_lettered, timeout=60, what="the marker in the dead-letter queue")
+    (body,) = wait_until(
+        lambda: receive_bodies(sqs, pipeline.dead_letter_url),
+        timeout=60,
+        what="the marker in the dead-letter queue",
+    )
     assert "incoming/t1/_READY" in body or "incoming%2Ft1%2F_READY" in body
     assert agent.log.count("the manifest still waits for 1 file(s): never.csv") == 2
     assert runs(output) == []
@@ -135,11 +135,11 @@ def test_failing_command_is_retried_then_dead_lettered(
     s3.put_object(Bucket=pipeline.bucket, Key="incoming/f1/data", Body=b"d")
     s3.put_object(Bucket=pipeline.bucket, Key="incoming/f1/_READY", Body=b"")
 
-    def dead_lettered() -> bool:
-        response = sqs.receive_message(QueueUrl=pipeline.dead_letter_url, WaitTimeSeconds=1)
-        return bool(response.get("Messages"))
-
-    wait_until(dead_lettered, timeout=60, what="the marker in the dead-letter queue")
+    wait_until(
+        lambda: receive_bodies(sqs, pipeline.dead_letter_url),
+        timeout=60,
+        what="the marker in the dead-letter queue",
+    )
     # max_receive_count = 2: two attempts, each logged with the exit status.
     assert len(runs(output)) == 2
     assert agent.log.count("command exited with status 3") == 2
