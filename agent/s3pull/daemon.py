@@ -15,8 +15,7 @@ import os
 import random
 import signal
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -30,8 +29,9 @@ from s3pull.events import ObjectChange, parse_body
 from s3pull.identity import Identity, InstanceMetadata, MetadataUnavailable
 from s3pull.inbox import BATCH, Inbox, Message
 from s3pull.ledger import Ledger
-from s3pull.metrics import Metrics
-from s3pull.mirror import Applied, Mirror, journal_fields
+from s3pull.limits import KeyLocks, Slots
+from s3pull.metrics import Metrics, Recorder
+from s3pull.mirror import Mirror, journal_fields
 from s3pull.notify import Notifier
 from s3pull.paths import TEMP_PREFIX, remove_leftover_temp_files
 from s3pull.provision import OwnQueue, is_missing_queue
@@ -59,50 +59,6 @@ BOOTSTRAP_PASSES: Final = 3
 STATUS_INTERVAL: Final = 5.0
 
 
-class Recorder:
-    """Feeds what mirrors report into the status counters and the Prometheus metrics."""
-
-    def __init__(self, stats: Stats, metrics: Metrics) -> None:
-        self.stats = stats
-        self.metrics = metrics
-
-    def applied(self, mirror: str, key: str, applied: Applied) -> None:
-        self.stats.change(mirror, key, applied.outcome, applied.size)
-        self.metrics.changes.labels(mirror, applied.outcome).inc()
-        if applied.size:
-            self.metrics.bytes.labels(mirror).inc(applied.size)
-
-    def refused(self, mirror: str, refusal: UnsafeKey) -> None:
-        self.stats.refusal(mirror, refusal.key, refusal.reason)
-        self.metrics.refused.labels(mirror).inc()
-
-    def error(self, cause: str, message: str) -> None:
-        self.stats.error(message)
-        self.metrics.errors.labels(cause).inc()
-
-
-class Slots:
-    """A budget of messages in flight. Taken before receiving, so a message is only
-    received when there is room to start on it at once (and keep it invisible)."""
-
-    def __init__(self, total: int) -> None:
-        self._free = total
-        self._changed = asyncio.Event()
-
-    async def reserve(self, most: int) -> int:
-        """Wait until at least one slot is free; take up to ``most``; return how many."""
-        while self._free == 0:
-            self._changed.clear()
-            await self._changed.wait()
-        taken = min(most, self._free)
-        self._free -= taken
-        return taken
-
-    def release(self, count: int = 1) -> None:
-        self._free += count
-        self._changed.set()
-
-
 @dataclass(frozen=True, slots=True)
 class Consumer:
     """One queue and what its messages are applied to."""
@@ -110,26 +66,6 @@ class Consumer:
     inbox: Inbox
     mirrors: list[Mirror]
     triggers: list[Trigger]
-
-
-class KeyLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._users: defaultdict[tuple[str, str], int] = defaultdict(int)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, ident: tuple[str, str]) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(ident, asyncio.Lock())
-        self._users[ident] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[ident] -= 1
-            if not self._users[ident]:
-                del self._users[ident], self._locks[ident]
 
 
 class Daemon:

@@ -8,8 +8,11 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from s3pull.config import MetricsConfig
+from s3pull.errors import UnsafeKey
+from s3pull.mirror import Applied
+from s3pull.status import Stats
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "Recorder"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +76,25 @@ class Metrics:
         """Serve /metrics in Prometheus text format from a background thread."""
         start_http_server(config.port, addr=config.host, registry=self.registry)
         log.info("serving metrics on http://%s/metrics", config.listen)
+
+
+class Recorder:
+    """Feeds what mirrors report into the status counters and the Prometheus metrics."""
+
+    def __init__(self, stats: Stats, metrics: Metrics) -> None:
+        self.stats = stats
+        self.metrics = metrics
+
+    def applied(self, mirror: str, key: str, applied: Applied) -> None:
+        self.stats.change(mirror, key, applied.outcome, applied.size)
+        self.metrics.changes.labels(mirror, applied.outcome).inc()
+        if applied.size:
+            self.metrics.bytes.labels(mirror).inc(applied.size)
+
+    def refused(self, mirror: str, refusal: UnsafeKey) -> None:
+        self.stats.refusal(mirror, refusal.key, refusal.reason)
+        self.metrics.refused.labels(mirror).inc()
+
+    def error(self, cause: str, message: str) -> None:
+        self.stats.error(message)
+        self.metrics.errors.labels(cause).inc()
