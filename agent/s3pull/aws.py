@@ -35,13 +35,13 @@ class Clients:
     ec2: Any
 
 
-def _client_config(config: Config, read_timeout: int) -> AioConfig:
+def _client_config(config: Config, read_timeout: int, attempts: int = 5) -> AioConfig:
     return AioConfig(
         connect_timeout=10,
         read_timeout=read_timeout,
         # One connection per parallel transfer, plus room for SQS calls beside them.
         max_pool_connections=config.agent.concurrency + 8,
-        retries={"mode": "standard", "max_attempts": 5},
+        retries={"mode": "standard", "max_attempts": attempts},
     )
 
 
@@ -59,7 +59,11 @@ async def open_clients(config: Config, region: str | None = None) -> AsyncIterat
     sqs_timeout = config.queue.wait_time_seconds + 10
     async with (
         session.create_client("s3", config=_client_config(config, 60), **common) as s3,
-        session.create_client("sqs", config=_client_config(config, sqs_timeout), **common) as sqs,
+        # Few SQS attempts: each waits out the long-poll read timeout, and the poll loop
+        # backs off (and says so) itself; five would hide an outage for over a minute.
+        session.create_client(
+            "sqs", config=_client_config(config, sqs_timeout, attempts=2), **common
+        ) as sqs,
         session.create_client("sns", config=_client_config(config, 30), **common) as sns,
         session.create_client("ec2", config=_client_config(config, 30), **common) as ec2,
     ):

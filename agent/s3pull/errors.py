@@ -32,7 +32,9 @@ class UnsafeKey(S3PullError):
     def __init__(self, key: str, reason: str) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"refused key {key!r}: {reason}")
+        # Real keys are at most 1,024 bytes; a forged one must not flood the log.
+        self.shown = repr(key) if len(key) <= 300 else f"{key[:300]!r}... ({len(key)} characters)"
+        super().__init__(f"refused key {self.shown}: {reason}")
 
 
 class PathCollision(UnsafeKey):

@@ -24,7 +24,15 @@ from s3pull.events import ObjectChange, sequencer_newer
 from s3pull.ledger import Entry, Ledger
 from s3pull.paths import is_folder_placeholder, local_stat, remove_file, safe_parts, walk_files
 
-__all__ = ["Applied", "CollisionPending", "Mirror", "Outcome", "ReconcilePlan", "RemoteObject"]
+__all__ = [
+    "Applied",
+    "CollisionPending",
+    "Executed",
+    "Mirror",
+    "Outcome",
+    "ReconcilePlan",
+    "RemoteObject",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,12 @@ class RemoteObject:
     etag: str | None
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    failures: list[BaseException]
+    refused: int  # keys refused only when written (file/directory collisions)
 
 
 @dataclass(slots=True)
@@ -213,6 +227,9 @@ class Mirror:
         try:
             return await self._fetch_once(key, parts, entry, sequencer)
         except PathCollision as collision:
+            # A late event for a key S3 no longer holds: nothing to write, no collision.
+            if not await self._still_exists(key):
+                return Applied(self._gone(key, parts, sequencer))
             await self._settle_collision(collision)
         return await self._fetch_once(key, parts, entry, sequencer)  # the way is clear now
 
@@ -339,9 +356,10 @@ class Mirror:
         plan: ReconcilePlan,
         concurrency: int,
         on_progress: Callable[[int], None] | None = None,
-    ) -> list[BaseException]:
-        """Carry out a plan with ``concurrency`` parallel transfers; return the failures."""
+    ) -> Executed:
+        """Carry out a plan with ``concurrency`` parallel transfers."""
         failures: list[BaseException] = []
+        refused = 0
         self.config.directory.mkdir(parents=True, exist_ok=True)
         work: asyncio.Queue[tuple[RemoteObject, tuple[str, ...]]] = asyncio.Queue()
         for item in plan.downloads:
@@ -353,7 +371,9 @@ class Mirror:
                 started = time.monotonic()
                 try:
                     applied = await self._fetch(obj.key, parts, None, None)
-                except UnsafeKey as refusal:
+                except UnsafeKey as refusal:  # found only at write time (a collision)
+                    nonlocal refused
+                    refused += 1
                     self._refused(refusal)
                 except Exception as exc:
                     log.error("%s: could not download %s: %s", self.name, obj.key, exc)
@@ -371,4 +391,4 @@ class Mirror:
             if remove_file(self.config.directory, parts, key):
                 self._ledger.record_absent(self.name, key)
                 self._applied(key, Applied("deleted"), "reconcile: not in S3", started)
-        return failures
+        return Executed(failures, refused)

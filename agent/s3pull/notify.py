@@ -1,7 +1,11 @@
-"""sd_notify: READY, WATCHDOG, STATUS and STOPPING for systemd's ``Type=notify``.
+"""sd_notify: READY, WATCHDOG, STATUS, EXTEND_TIMEOUT_USEC and STOPPING for systemd's
+``Type=notify``.
 
-Uses systemd-python when it is installed; otherwise speaks the protocol itself (one
-datagram to ``$NOTIFY_SOCKET``, a leading ``@`` meaning an abstract socket). Without
+The protocol is one datagram to ``$NOTIFY_SOCKET`` (a leading ``@`` meaning an abstract
+socket), sent here without blocking. systemd-python's ``daemon.notify`` is not used even
+when installed: it sends with a blocking call, and a notify socket whose queue is full
+(a busy systemd) would freeze the event loop, watchdog and SIGTERM handling included;
+tests/test_faults.py proves the non-blocking send keeps the agent going. Without
 ``NOTIFY_SOCKET`` every call is a no-op, so the daemon runs the same outside systemd.
 """
 
@@ -11,11 +15,6 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-
-try:  # optional: the `systemd` extra
-    from systemd.daemon import notify as _systemd_notify
-except ImportError:
-    _systemd_notify = None
 
 __all__ = ["Notifier"]
 
@@ -31,9 +30,6 @@ class Notifier:
         watchdog_for_us = usec.isdigit() and (not pid or pid == str(os.getpid()))
         # Ping at half the interval systemd expects, as sd_watchdog_enabled(3) advises.
         self.watchdog_interval: float | None = int(usec) / 2e6 if watchdog_for_us else None
-        # The library reads NOTIFY_SOCKET from the real environment; use it only when the
-        # caller did not hand us another one (tests do).
-        self._use_library = environ is os.environ
 
     @property
     def enabled(self) -> bool:
@@ -43,13 +39,11 @@ class Notifier:
         if not self._address:
             return
         message = "\n".join(fields)
-        if _systemd_notify is not None and self._use_library:
-            _systemd_notify(message)
-            return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
                 sock.sendto(message.encode(), self._address)
-        except OSError as exc:  # systemd gone or socket unwritable: never fatal
+        except OSError as exc:  # systemd gone, or its queue full: drop it, never block
             log.debug("sd_notify failed: %s", exc)
 
     def ready(self, status: str) -> None:

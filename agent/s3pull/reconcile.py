@@ -60,15 +60,17 @@ async def reconcile_all(
         sum(plan.download_bytes for _m, plan in plans),
     )
     advance: Callable[[int], None] = progress.advance
-    failed = 0
+    failed = refused_on_write = 0
     for mirror, plan in plans:
-        failed += len(await mirror.execute(plan, concurrency, advance))
+        executed = await mirror.execute(plan, concurrency, advance)
+        failed += len(executed.failures)
+        refused_on_write += executed.refused
     progress.finish()
     report = ReconcileReport(
-        downloaded=sum(len(plan.downloads) for _m, plan in plans) - failed,
+        downloaded=sum(len(plan.downloads) for _m, plan in plans) - failed - refused_on_write,
         deleted=sum(len(plan.deletions) for _m, plan in plans),
         up_to_date=sum(plan.up_to_date for _m, plan in plans),
-        refused=sum(len(plan.refused) for _m, plan in plans),
+        refused=sum(len(plan.refused) for _m, plan in plans) + refused_on_write,
         failed=failed,
         seconds=time.monotonic() - started,
     )

@@ -146,9 +146,10 @@ class Trigger:
             # Running the business process on a batch with a file missing would be worse
             # than not running it: refuse the batch as a whole.
             raise plan.refused[0]
-        failures = await self._files.execute(plan, self._concurrency)
-        if failures:
-            raise TriggerFailed(f"{tag}: {len(failures)} file(s) could not be downloaded")
+        executed = await self._files.execute(plan, self._concurrency)
+        if executed.failures or executed.refused:
+            missing = len(executed.failures) + executed.refused
+            raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
         batch_dir = ensure_directory(self.config.directory, batch_parts, change.key)
         await self._run_command(change, batch_prefix, batch_dir, tag)
         self._ledger.record_trigger_run(self.name, event_id, batch_prefix)
