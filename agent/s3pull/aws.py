@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from s3pull.config import Config
 
-__all__ = ["TRANSIENT_ERRORS", "Clients", "open_clients"]
+__all__ = ["TRANSIENT_ERRORS", "Clients", "Service", "open_clients"]
 
 # Errors worth backing off and retrying in-process: the network, the endpoint, throttling
 # that outlasted botocore's own retries.
@@ -27,12 +27,17 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+Service = Literal["s3", "sqs", "sns", "ec2"]
+
+
 @dataclass(frozen=True, slots=True)
 class Clients:
-    s3: Any
-    sqs: Any
-    sns: Any
-    ec2: Any
+    """The clients a command asked for; the others are None."""
+
+    s3: Any = None
+    sqs: Any = None
+    sns: Any = None
+    ec2: Any = None
 
 
 def _client_config(config: Config, read_timeout: int, attempts: int = 5) -> AioConfig:
@@ -45,26 +50,33 @@ def _client_config(config: Config, read_timeout: int, attempts: int = 5) -> AioC
     )
 
 
+def _settings(config: Config, service: Service) -> AioConfig:
+    if service == "sqs":
+        # The long poll holds the request open for up to wait_time_seconds: the read
+        # timeout must outlast it. Few attempts: each can wait out that timeout, and the
+        # poll loop backs off (and says so) itself; five hid an outage for over a minute.
+        return _client_config(config, config.queue.wait_time_seconds + 10, attempts=2)
+    return _client_config(config, 60 if service == "s3" else 30)
+
+
 @contextlib.asynccontextmanager
-async def open_clients(config: Config, region: str | None = None) -> AsyncIterator[Clients]:
-    """Every client s3pull uses, created once. ``region`` overrides the configured one
-    (the region instance metadata reported)."""
+async def open_clients(
+    config: Config, *services: Service, region: str | None = None
+) -> AsyncIterator[Clients]:
+    """The clients for ``services``, created once. Only what a command uses is created:
+    each client costs start-up time and about 10 MB. ``region`` overrides the configured
+    one (the region instance metadata reported)."""
     session = get_session()
-    common: dict[str, Any] = {
-        "region_name": region or config.aws.region,
-        "endpoint_url": config.aws.endpoint_url,
-    }
-    # The long poll holds the HTTP request open for up to wait_time_seconds: the read
-    # timeout must outlast it or every idle poll would end in a timeout error.
-    sqs_timeout = config.queue.wait_time_seconds + 10
-    async with (
-        session.create_client("s3", config=_client_config(config, 60), **common) as s3,
-        # Few SQS attempts: each waits out the long-poll read timeout, and the poll loop
-        # backs off (and says so) itself; five would hide an outage for over a minute.
-        session.create_client(
-            "sqs", config=_client_config(config, sqs_timeout, attempts=2), **common
-        ) as sqs,
-        session.create_client("sns", config=_client_config(config, 30), **common) as sns,
-        session.create_client("ec2", config=_client_config(config, 30), **common) as ec2,
-    ):
-        yield Clients(s3=s3, sqs=sqs, sns=sns, ec2=ec2)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            service: await stack.enter_async_context(
+                session.create_client(
+                    service,
+                    region_name=region or config.aws.region,
+                    endpoint_url=config.aws.endpoint_url,
+                    config=_settings(config, service),
+                )
+            )
+            for service in services
+        }
+        yield Clients(**clients)

@@ -261,7 +261,7 @@ def _routes(config: Config, own_queue_url: str) -> list[Route]:
 async def walk_chain(config: Config, identity: Identity | None, probe: bool) -> int:
     region = identity.region if identity else None
     print("chain:")
-    async with open_clients(config, region) as clients:
+    async with open_clients(config, "s3", "sqs", "sns", region=region) as clients:
         walk = ChainWalk(clients, config)
         try:
             own_url = await _own_queue_url(clients, config, identity)

@@ -219,7 +219,7 @@ async def own_queue_url(config: Config) -> str | None:
     from s3pull.aws import open_clients
 
     identity = await identify(config)
-    async with open_clients(config, identity.region) as clients:
+    async with open_clients(config, "sqs", region=identity.region) as clients:
         name = config.queue.queue_name(identity.instance_id)
         try:
             response = await clients.sqs.get_queue_url(QueueName=name)
@@ -273,7 +273,7 @@ async def sync(config: Config, dry_run: bool) -> int:
 
     ledger = Ledger.open(config.agent.state_directory)
     try:
-        async with open_clients(config) as clients:
+        async with open_clients(config, "s3") as clients:
             mirrors = [Mirror(m, clients.s3, ledger) for m in config.mirrors]
             plans = await plan_all(mirrors)
             if dry_run:

@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 
 from watchfiles import Change, awatch
 
-from s3pull.aws import TRANSIENT_ERRORS, Clients, open_clients
+from s3pull.aws import TRANSIENT_ERRORS, Clients, Service, open_clients
 from s3pull.config import Config, load_config
 from s3pull.errors import ConfigError, UnparseableBody, UnsafeKey
 from s3pull.events import ObjectChange, parse_body
@@ -151,10 +151,16 @@ class Daemon:
         self._write_status()
         return 0
 
+    def _services(self) -> tuple[Service, ...]:
+        # SNS only to provision a per-server queue; never EC2 (that is gc's).
+        return ("s3", "sqs", "sns") if self.config.queue.topic_arn else ("s3", "sqs")
+
     async def _run_once(self) -> None:
         ledger = Ledger.open(self.config.agent.state_directory)
         try:
-            async with open_clients(self.config, self.identity.region) as clients:
+            async with open_clients(
+                self.config, *self._services(), region=self.identity.region
+            ) as clients:
                 own = OwnQueue(
                     clients.sqs, clients.sns, self.config.queue, self.identity.instance_id
                 )

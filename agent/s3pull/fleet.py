@@ -31,7 +31,7 @@ def require_topic(config: Config, verb: str) -> str:
 
 async def provision_command(config: Config, identity: Identity) -> int:
     require_topic(config, "provision")
-    async with open_clients(config, identity.region) as clients:
+    async with open_clients(config, "sqs", "sns", region=identity.region) as clients:
         own = OwnQueue(clients.sqs, clients.sns, config.queue, identity.instance_id)
         print(await own.ensure())
     return 0
@@ -39,7 +39,7 @@ async def provision_command(config: Config, identity: Identity) -> int:
 
 async def deprovision_command(config: Config, identity: Identity) -> int:
     require_topic(config, "deprovision")
-    async with open_clients(config, identity.region) as clients:
+    async with open_clients(config, "sqs", "sns", region=identity.region) as clients:
         own = OwnQueue(clients.sqs, clients.sns, config.queue, identity.instance_id)
         await own.remove()
         print(f"removed queue {own.name}, its dead-letter queue and its subscription")
@@ -51,7 +51,7 @@ async def gc_command(
 ) -> int:
     topic_arn = require_topic(config, "gc")
     name_prefix = config.queue.name.split("{instance_id}", 1)[0]
-    async with open_clients(config, region) as clients:
+    async with open_clients(config, "sqs", "sns", "ec2", region=region) as clients:
         orphans = await find_orphans(
             clients.sqs, clients.ec2, name_prefix=name_prefix, stale_after=stale_after
         )

@@ -39,7 +39,7 @@ async def status_command(config: Config, queue_url: str | None, as_json: bool) -
     if not urls and queue_url:
         urls = [queue_url]
     queues: list[dict[str, Any]] = []
-    async with open_clients(config) as clients:
+    async with open_clients(config, "sqs") as clients:
         for url in urls:
             try:
                 queues.append(await queue_depths(clients.sqs, url))
@@ -151,7 +151,7 @@ async def _receive(sqs: Any, url: str, visibility: int) -> list[dict[str, Any]]:
 
 async def dlq_list_command(config: Config, queue_url: str, most: int, as_json: bool) -> int:
     """Show dead letters without removing them (each is hidden briefly while read)."""
-    async with open_clients(config) as clients:
+    async with open_clients(config, "sqs") as clients:
         dead_url = await _dead_letter_url(clients.sqs, queue_url)
         seen: dict[str, dict[str, Any]] = {}
         while len(seen) < most:
@@ -190,7 +190,7 @@ async def dlq_list_command(config: Config, queue_url: str, most: int, as_json: b
 async def dlq_redrive_command(config: Config, queue_url: str, most: int) -> int:
     """Move dead letters back to their queue (send a copy, then delete the dead letter)."""
     moved = 0
-    async with open_clients(config) as clients:
+    async with open_clients(config, "sqs") as clients:
         sqs = clients.sqs
         dead_url = await _dead_letter_url(sqs, queue_url)
         while moved < most:
