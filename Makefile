@@ -13,8 +13,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent tests
-	$(BIN)/ruff format --check agent tests
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench
 	$(BIN)/mypy
 
 # What CI runs.

@@ -1,0 +1,1 @@
+"""One module per measurement; each adds rows to ``ctx.results`` and returns nothing."""
