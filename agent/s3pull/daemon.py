@@ -669,7 +669,7 @@ class Daemon:
 
     def _set_phase(self, phase: str) -> None:
         self.stats.phase = phase
-        self.notifier.status(self.stats.line())
+        self.notifier.status(self.stats.line(len(self._work)))
 
     async def _tick(self) -> None:
         """Watchdog pings and STATUS from the event loop itself: a stuck loop stops both."""
@@ -681,7 +681,7 @@ class Daemon:
                 # A full reconcile of a large bucket can outlast TimeoutStartSec: ask
                 # systemd for more time, a few ticks at once, for as long as it runs.
                 self.notifier.extend_timeout(3 * interval)
-            self.notifier.status(self.stats.line())
+            self.notifier.status(self.stats.line(len(self._work)))
             self._write_status()
             await asyncio.sleep(interval)
 

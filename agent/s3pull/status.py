@@ -82,8 +82,12 @@ class Stats:
             "at": _now(),
         }
 
-    def line(self) -> str:
-        """One line for systemd's STATUS=."""
+    def line(self, in_flight: int = 0) -> str:
+        """One line for systemd's STATUS=: the phase (``behind: N message(s) in flight``
+        while an otherwise healthy agent is working) and the counters."""
+        phase = self.phase
+        if phase == "in sync" and in_flight:
+            phase = f"behind: {in_flight} message(s) in flight"
         ago = (
             f", last change {_now() - self.last_change_at:.0f}s ago"
             if self.last_change_at is not None
@@ -95,7 +99,7 @@ class Stats:
             else ""
         )
         return (
-            f"{self.phase}; {self.applied} changes applied, {self.refused} refused,"
+            f"{phase}; {self.applied} changes applied, {self.refused} refused,"
             f" {self.errors} errors{runs}{ago}"
         )
 
