@@ -82,3 +82,31 @@ def test_daemon_reports_ready_after_bootstrap_then_watchdog_status_and_stopping(
 
     assert agent.stop(signal.SIGTERM) == 0
     assert "STOPPING=1" in systemd.fields()
+
+
+def test_a_reload_says_reloading_then_ready_never_stopping(
+    tmp_path: Path, pipeline: Pipeline, start_agent: Callable[..., Agent]
+) -> None:
+    config = tmp_path / "s3pull.toml"
+    mirror = {
+        "name": "data",
+        "bucket": pipeline.bucket,
+        "prefix": "data/",
+        "directory": tmp_path / "mirror",
+    }
+    config.write_text(render_config(pipeline, tmp_path / "state", [mirror]))
+    systemd = NotifySocket(str(tmp_path / "notify.sock"))
+    agent = start_agent(config, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    wait_until(lambda: "READY=1" in systemd.fields(), what="READY=1")
+
+    config.write_text(render_config(pipeline, tmp_path / "state", [{**mirror, "prefix": "x/"}]))
+    agent.process.send_signal(signal.SIGHUP)
+    agent.wait_for_log("serving the new configuration")
+    wait_until(lambda: systemd.fields().count("READY=1") == 2, what="READY=1 after the reload")
+    fields = systemd.fields()
+    # STOPPING=1 here would make systemd start its stop timer and kill the agent later.
+    assert "RELOADING=1" in fields
+    assert "STOPPING=1" not in fields
+    assert fields.index("RELOADING=1") < len(fields) - fields[::-1].index("READY=1") - 1
+    assert agent.stop(signal.SIGTERM) == 0
+    assert "STOPPING=1" in systemd.fields()

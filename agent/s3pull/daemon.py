@@ -439,7 +439,13 @@ class Daemon:
             log.error("message handling failed unexpectedly", exc_info=task.exception())
 
     async def _shutdown(self) -> None:
-        self.notifier.stopping(f"stopping: {len(self._work)} message(s) in flight")
+        if self.should_exit:
+            self.notifier.stopping(f"stopping: {len(self._work)} message(s) in flight")
+        else:
+            # Leaving this serve for a new configuration, not exiting: STOPPING=1 would
+            # make systemd start its stop timer and SIGKILL us 90 s later. READY=1 from
+            # the next serve ends the reload.
+            self.notifier.reloading(f"reloading: {len(self._work)} message(s) in flight")
         if self._work:
             log.info(
                 "draining %d message(s) in flight (deadline %.0f s)",

@@ -58,5 +58,8 @@ class Notifier:
     def extend_timeout(self, seconds: float) -> None:
         self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
+    def reloading(self, status: str = "reloading") -> None:
+        self.send("RELOADING=1", f"STATUS={status}")
+
     def stopping(self, status: str = "stopping") -> None:
         self.send("STOPPING=1", f"STATUS={status}")
