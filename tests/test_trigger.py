@@ -377,3 +377,25 @@ def test_second_signal_hands_a_running_batch_back(
         QueueUrl=pipeline.queue_url, WaitTimeSeconds=1, VisibilityTimeout=0
     )
     assert any("_READY" in m["Body"] for m in response.get("Messages", ()))
+
+
+def test_sigterm_hands_back_a_batch_that_outlasts_the_drain_deadline(
+    s3: Any, sqs: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+) -> None:
+    # One SIGTERM only: the agent waits the whole drain deadline (30 s) for the run,
+    # then stops its process group and hands the marker back at once.
+    config, output = trigger_config(
+        tmp_path, pipeline, "sleep", "600", queue={"visibility_timeout": 600}
+    )
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/d1/_READY", Body=b"")
+    wait_until(lambda: runs(output), what="the command to start")
+    assert agent.stop(signal.SIGTERM, timeout=90) == 0
+    assert "draining 1 message(s) in flight (deadline 30 s)" in agent.log
+    assert "handing back 1 unfinished message(s)" in agent.log
+    assert "sent SIGTERM to process group" in agent.log
+    response = sqs.receive_message(
+        QueueUrl=pipeline.queue_url, WaitTimeSeconds=1, VisibilityTimeout=0
+    )
+    assert any("_READY" in m["Body"] for m in response.get("Messages", ()))
