@@ -302,7 +302,17 @@ class AtomicWriter:
             finally:
                 os.close(fd)
             _final_stat(parent_fd, self._parts, self._key)  # still no symlink or directory?
-            os.rename(self.temp_name, self._name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            try:
+                os.rename(self.temp_name, self._name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            except IsADirectoryError:
+                # A writer of a key below this name made the directory since the check
+                # (both of "a" and "a/b" fetched at once): the same collision, found late.
+                raise PathCollision(
+                    self._key,
+                    f"{self._name!r} is a directory (other keys live below it)",
+                    blocker=self._parts,
+                    is_directory=True,
+                ) from None
             os.fsync(parent_fd)  # make the rename itself durable
         except BaseException:
             self._unlink_temp()
