@@ -14,7 +14,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from s3pull.config import Config
 
-__all__ = ["TRANSIENT_ERRORS", "Clients", "Service", "open_clients"]
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "Clients",
+    "Service",
+    "error_code",
+    "is_missing",
+    "open_clients",
+]
 
 # Errors worth backing off and retrying in-process: the network, the endpoint, throttling
 # that outlasted botocore's own retries.
@@ -28,6 +35,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 Service = Literal["s3", "sqs", "sns", "ec2"]
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_missing(exc: ClientError) -> bool:
+    """An S3 object (or key) that does not exist: GET says NoSuchKey, HEAD a bare 404."""
+    return error_code(exc) in ("NoSuchKey", "404", "NotFound")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,8 @@ from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3pull.aws import open_clients
+from s3pull.aws import error_code, open_clients
 from s3pull.config import Config
-from s3pull.download import error_code
 from s3pull.identity import Identity
 from s3pull.provision import is_missing_queue
 

@@ -180,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "gc":
             from s3pull.fleet import gc_command, require_topic
 
-            region = config.aws.region or require_topic(config, "gc").split(":")[3]
+            require_topic(config, "gc")
+            region = config.aws.region or config.queue.topic_region
             stale = timedelta(hours=args.stale_after)
             return asyncio.run(gc_command(config, region, stale, dry_run=args.dry_run))
         if args.verb == "sync":
@@ -243,7 +244,7 @@ async def identify(config: Config) -> Identity:
         ) from exc
     if identity.region is None and config.queue.topic_arn:
         # Not on EC2 and no region configured: the topic's own region is the best guess.
-        region = config.queue.topic_arn.split(":")[3]
+        region = config.queue.topic_region
         identity = Identity(identity.instance_id, region, identity.from_metadata)
     return identity
 

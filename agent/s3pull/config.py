@@ -67,6 +67,11 @@ class QueueConfig:
     visibility_timeout: int = 60
     max_receive_count: int = 5
 
+    @property
+    def topic_region(self) -> str | None:
+        """The region ``topic_arn`` names (arn:aws:sns:REGION:ACCOUNT:NAME)."""
+        return self.topic_arn.split(":")[3] if self.topic_arn else None
+
     def queue_name(self, instance_id: str) -> str:
         """The per-server queue name: `name` with `{instance_id}` filled in."""
         return self.name.format(instance_id=instance_id)

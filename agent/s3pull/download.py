@@ -18,6 +18,7 @@ from typing import Any, Final
 import aiohttp
 from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
+from s3pull.aws import error_code, is_missing
 from s3pull.errors import S3PullError
 from s3pull.paths import AtomicWriter
 
@@ -64,14 +65,6 @@ def mtime_ns(last_modified: datetime) -> int:
     sides are compared at one-second resolution.
     """
     return int(last_modified.timestamp()) * 1_000_000_000
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def is_missing(exc: ClientError) -> bool:
-    return error_code(exc) in ("NoSuchKey", "404", "NotFound")
 
 
 def _md5_expected(response: dict[str, Any]) -> str | None:

@@ -11,8 +11,8 @@ from s3pull.identity import Identity
 from s3pull.provision import (
     OwnQueue,
     dangling_subscriptions,
+    deprovision,
     find_orphans,
-    remove_orphan,
 )
 
 __all__ = ["deprovision_command", "gc_command", "provision_command", "require_topic"]
@@ -59,7 +59,9 @@ async def gc_command(
             verb = "would remove" if dry_run else "removing"
             print(f"{verb} {orphan.queue_name} (instance {orphan.instance_id}: {orphan.reason})")
             if not dry_run:
-                await remove_orphan(clients.sqs, clients.sns, topic_arn, orphan)
+                await deprovision(
+                    clients.sqs, clients.sns, topic_arn=topic_arn, queue_name=orphan.queue_name
+                )
         dangling = await dangling_subscriptions(clients.sqs, clients.sns, topic_arn, name_prefix)
         for subscription_arn in dangling:
             verb = "would unsubscribe" if dry_run else "unsubscribing"

@@ -17,8 +17,9 @@ from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
+from s3pull.aws import is_missing
 from s3pull.config import MirrorConfig
-from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, is_missing, mtime_ns
+from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, mtime_ns
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
 from s3pull.events import ObjectChange, sequencer_newer
 from s3pull.ledger import Entry, Ledger

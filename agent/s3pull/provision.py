@@ -17,8 +17,8 @@ from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
+from s3pull.aws import error_code
 from s3pull.config import QueueConfig
-from s3pull.download import error_code
 
 __all__ = [
     "DEAD_LETTER_SUFFIX",
@@ -33,7 +33,6 @@ __all__ = [
     "is_missing_queue",
     "provision",
     "refresh_heartbeat",
-    "remove_orphan",
 ]
 
 log = logging.getLogger(__name__)
@@ -272,10 +271,6 @@ async def find_orphans(
             seen = heartbeat.strftime("%Y-%m-%d %H:%M UTC") if heartbeat else "never"
             orphans.append(Orphan(name, instance_id, f"heartbeat is stale (last {seen})"))
     return orphans
-
-
-async def remove_orphan(sqs: Any, sns: Any, topic_arn: str, orphan: Orphan) -> None:
-    await deprovision(sqs, sns, topic_arn=topic_arn, queue_name=orphan.queue_name)
 
 
 async def dangling_subscriptions(sqs: Any, sns: Any, topic_arn: str, name_prefix: str) -> list[str]:

@@ -21,8 +21,8 @@ from typing import Any, Final, Literal
 
 from botocore.exceptions import ClientError
 
+from s3pull.aws import is_missing
 from s3pull.config import MirrorConfig, TriggerConfig
-from s3pull.download import is_missing
 from s3pull.errors import S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
 from s3pull.ledger import Ledger
