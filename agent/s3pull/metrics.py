@@ -98,3 +98,20 @@ class Recorder:
     def error(self, cause: str, message: str) -> None:
         self.stats.error(message)
         self.metrics.errors.labels(cause).inc()
+
+    def trigger_done(self, trigger: str, batch: str, result: str, seconds: float) -> None:
+        self.stats.trigger_run(trigger, batch, result, seconds)
+        self.metrics.trigger_runs.labels(trigger, result).inc()
+        if result in ("succeeded", "failed"):
+            self.metrics.trigger_seconds.labels(trigger).observe(seconds)
+
+    def reconciled(
+        self, mirror: str, downloaded: int, deleted: int, failed: int, seconds: float
+    ) -> None:
+        self.stats.reconcile(downloaded, deleted, failed, seconds)
+        self.metrics.reconcile_seconds.labels(mirror).observe(seconds)
+
+    def lag(self, seconds: float) -> None:
+        """From a message's SentTimestamp to its change applied."""
+        self.stats.lag_seconds = seconds
+        self.metrics.queue_lag.observe(seconds)

@@ -23,6 +23,7 @@ from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, mtime_ns
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
 from s3pull.events import ObjectChange, sequencer_newer
 from s3pull.ledger import Entry, Ledger
+from s3pull.logfields import journal_fields
 from s3pull.paths import is_folder_placeholder, local_stat, remove_file, safe_parts, walk_files
 
 __all__ = [
@@ -91,11 +92,6 @@ class Observer(Protocol):
     def applied(self, mirror: str, key: str, applied: Applied) -> None: ...
 
     def refused(self, mirror: str, refusal: UnsafeKey) -> None: ...
-
-
-def journal_fields(**fields: str) -> dict[str, str]:
-    """``extra=`` for a log call: structured journald fields (S3PULL_MIRROR, ...)."""
-    return {f"S3PULL_{name.upper()}": value for name, value in fields.items()}
 
 
 def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:

@@ -6,12 +6,28 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
+from s3pull.aws import TRANSIENT_ERRORS
+from s3pull.backoff import Backoff
 from s3pull.mirror import Mirror, ReconcilePlan
 
-__all__ = ["Progress", "ReconcileReport", "plan_all", "reconcile_all"]
+if TYPE_CHECKING:  # only the daemon's bootstrap needs them; `sync` stays light
+    from s3pull.metrics import Recorder
+    from s3pull.stopping import StopSignal
+
+__all__ = [
+    "BOOTSTRAP_PASSES",
+    "Progress",
+    "ReconcileReport",
+    "bootstrap",
+    "plan_all",
+    "reconcile_all",
+]
 
 log = logging.getLogger(__name__)
+
+BOOTSTRAP_PASSES: Final = 3
 
 
 class Progress:
@@ -86,3 +102,50 @@ async def reconcile_all(
         report.failed,
     )
     return report
+
+
+async def bootstrap(
+    mirrors: Sequence[Mirror], concurrency: int, stop: StopSignal, recorder: Recorder
+) -> list[Mirror] | None:
+    """Reconcile every mirror; give a failing one a few tries, then go on without it.
+
+    A mirror that cannot be listed (a wrong bucket, missing permissions) must not keep
+    every other mirror from applying its changes; its own events are still applied as
+    they come. Returns the mirrors that could not be reconciled, or None when stopped.
+    """
+    pending = list(mirrors)
+    backoff = Backoff()
+    for attempt in range(1, BOOTSTRAP_PASSES + 1):
+        failed: list[Mirror] = []
+        for mirror in pending:
+            try:
+                report = await stop.unless_stopping(reconcile_all([mirror], concurrency))
+            except TRANSIENT_ERRORS as exc:
+                log.warning(
+                    "%s: reconcile failed (attempt %d of %d): %s",
+                    mirror.name,
+                    attempt,
+                    BOOTSTRAP_PASSES,
+                    exc,
+                )
+                failed.append(mirror)
+                continue
+            if report is None:
+                return None
+            recorder.reconciled(
+                mirror.name, report.downloaded, report.deleted, report.failed, report.seconds
+            )
+            if report.failed:
+                failed.append(mirror)
+        pending = failed
+        if not pending or attempt == BOOTSTRAP_PASSES:
+            break
+        await stop.sleep(backoff.next())
+    for mirror in pending:
+        recorder.error("reconcile", f"{mirror.name}: could not be reconciled")
+        log.error(
+            "%s: could not be reconciled at start-up; its events are still applied."
+            " Run `s3pull sync` or restart the agent to retry",
+            mirror.name,
+        )
+    return pending
