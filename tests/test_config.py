@@ -519,3 +519,37 @@ def test_file_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b'[queue]\nurl = "caf\xe9"\n')
     with pytest.raises(ConfigError, match="UTF-8"):
         load_config(path, NO_AWS_ENV)
+
+
+def test_trigger_max_parallel_and_environment(tmp_path: Path) -> None:
+    doc = minimal()
+    doc["trigger"][0].update(max_parallel=4, environment={"ACME_ENV": "prod", "_X1": ""})
+    [trigger] = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).triggers
+    assert trigger.max_parallel == 4
+    assert trigger.environment == (("ACME_ENV", "prod"), ("_X1", ""))
+    [default] = load_config(write(tmp_path, to_toml(minimal())), NO_AWS_ENV).triggers
+    assert (default.max_parallel, default.environment) == (1, ())
+
+
+TRIGGER_RUN_INVALID: list[tuple[Edit, str, str]] = [
+    (put("trigger[0]", max_parallel=0), "trigger[0].max_parallel", "between 1 and 1000"),
+    (put("trigger[0]", max_parallel=1001), "trigger[0].max_parallel", "between 1 and 1000"),
+    (put("trigger[0]", max_parallel=True), "trigger[0].max_parallel", "integer"),
+    (put("trigger[0]", environment=["A=b"]), "trigger[0].environment", "table"),
+    (put("trigger[0]", environment={"1A": "x"}), "trigger[0].environment", "variable name"),
+    (put("trigger[0]", environment={"A-B": "x"}), "trigger[0].environment", "variable name"),
+    (put("trigger[0]", environment={"S3PULL_KEY": "x"}), "trigger[0].environment", "S3PULL_"),
+    (put("trigger[0]", environment={"s3pull_key": "x"}), "trigger[0].environment", "S3PULL_"),
+    (put("trigger[0]", environment={"A": 1}), "trigger[0].environment.A", "string"),
+    (put("trigger[0]", environment={"A": "x\ny"}), "trigger[0].environment.A", "control"),
+    (put("trigger[0]", environment={"A": "x\0"}), "trigger[0].environment.A", "control"),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "word"),
+    TRIGGER_RUN_INVALID,
+    ids=[f"{c[1]}:{c[2]}" for c in TRIGGER_RUN_INVALID],
+)
+def test_invalid_trigger_run_settings(tmp_path: Path, edit: Edit, key: str, word: str) -> None:
+    test_invalid(tmp_path, edit, key, word)

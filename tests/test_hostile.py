@@ -283,7 +283,8 @@ def test_shell_metacharacters_and_traversal_in_trigger_batches(
     assert run["contents"] == {name: body.decode() for name, body in files.items()}
     log = agent.log
     assert log.count("orders: batch incoming/b2/ refused: refused key") == 2
-    assert log.count(f"refused key 'incoming/../{TOKEN}-trig'") == 2
+    # The marker itself is refused: its batch name has a ".." segment.
+    assert log.count(f"refused key 'incoming/../{TOKEN}-trig/_READY'") == 2
     assert not (batches / "b2" / "ok.csv").exists(), "a refused batch writes nothing"
     pwned = [f"{TOKEN}-pwned", f"{TOKEN}-pwned2", f"{TOKEN}-pwned3"]
     for root in (Path.cwd(), tmp_path, batch_dir, Path("/tmp"), Path("/")):

@@ -20,12 +20,22 @@ from s3pull.trigger import parse_manifest
 from test_agent import s3_event
 
 RECORD_BATCH = Path(__file__).parent / "commands" / "record_batch.py"
+EVENT_TIME = "2026-11-30T10:00:00.000Z"
 
 
 def runs(output: Path) -> list[dict[str, Any]]:
     if not output.exists():
         return []
     return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie awaiting its reaper counts as stopped.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def trigger_config(
@@ -146,27 +156,59 @@ def test_failing_command_is_retried_then_dead_lettered(
     assert agent.stop() == 0
 
 
-def test_redelivered_marker_event_does_not_run_twice(
-    s3: Any, sqs: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+def marker_event(pipeline: Pipeline, *keys: str, event_time: str = EVENT_TIME) -> str:
+    """One notification body with an ObjectCreated record per key, without eTag or size,
+    as a replayed or forged event might be."""
+    records = []
+    for key in keys:
+        (record,) = json.loads(s3_event(pipeline, "ObjectCreated:Put", key))["Records"]
+        record["eventTime"] = event_time
+        records.append(record)
+    return json.dumps({"Records": records})
+
+
+def drained(pipeline: Pipeline) -> None:
+    wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
+
+
+@pytest.mark.parametrize("versioned", [False, True], ids=["etag-last-modified", "version-id"])
+def test_a_marker_runs_once_per_version_of_the_marker_object(
+    s3: Any,
+    sqs: Any,
+    pipeline: Pipeline,
+    tmp_path: Path,
+    start_agent: Callable[..., Agent],
+    versioned: bool,
 ) -> None:
+    if versioned:
+        s3.put_bucket_versioning(
+            Bucket=pipeline.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
     config, output = trigger_config(tmp_path, pipeline)
-    s3.put_object(Bucket=pipeline.bucket, Key="incoming/r1/data", Body=b"d")
-    s3.put_object(Bucket=pipeline.bucket, Key="incoming/r1/_READY", Body=b"")
     agent = start_agent(config)
     agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/r1/data", Body=b"d")
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/r1/_READY", Body=b"")
     wait_until(lambda: runs(output), what="the first run")
-    agent.wait_for_log("batch incoming/r1/ succeeded")
+    drained(pipeline)
 
-    # The same event delivered again (SQS is at-least-once): same key, time and ETag.
-    etag = s3.head_object(Bucket=pipeline.bucket, Key="incoming/r1/_READY")["ETag"].strip('"')
-    copy = json.loads(s3_event(pipeline, "ObjectCreated:Put", "incoming/r1/_READY", size=0))
-    copy["Records"][0]["s3"]["object"]["eTag"] = etag
-    for _ in range(2):
-        copy["Records"][0]["eventTime"] = "2026-11-30T10:00:00.000Z"
-        sqs.send_message(QueueUrl=pipeline.queue_url, MessageBody=json.dumps(copy))
-    agent.wait_for_log("batch incoming/r1/ already-ran")
-    wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
-    # The first synthetic copy ran (a new event time is a new event), the second did not.
+    # The same marker event replayed: a new eventTime each time and no eTag. The marker
+    # object in S3 is the one that already ran, so nothing runs again.
+    for second in range(3):
+        body = marker_event(
+            pipeline, "incoming/r1/_READY", event_time=f"2026-12-01T10:00:0{second}.000Z"
+        )
+        sqs.send_message(QueueUrl=pipeline.queue_url, MessageBody=body)
+    drained(pipeline)
+    assert len(runs(output)) == 1
+
+    # The marker uploaded again, same (empty) bytes: a new version, so the batch runs again.
+    # Without versioning S3 tells the uploads apart by LastModified, to the second.
+    if not versioned:
+        time.sleep(1.1)
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/r1/_READY", Body=b"")
+    wait_until(lambda: len(runs(output)) == 2, what="the second run")
+    drained(pipeline)
     assert len(runs(output)) == 2
     assert agent.stop() == 0
 
@@ -201,14 +243,6 @@ def test_timeout_kills_the_whole_process_group(
     agent.wait_for_log("timed out after 2 s, stopping its process group")
     grandchild = int(wait_until(lambda: pidfile.exists() and pidfile.read_text()))
     agent.wait_for_log("batch incoming/k1/ failed")
-
-    def gone(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # A zombie awaiting its reaper counts as stopped.
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
     assert gone(grandchild)
     assert "sent SIGTERM to process group" in agent.log
@@ -399,3 +433,110 @@ def test_sigterm_hands_back_a_batch_that_outlasts_the_drain_deadline(
         QueueUrl=pipeline.queue_url, WaitTimeSeconds=1, VisibilityTimeout=0
     )
     assert any("_READY" in m["Body"] for m in response.get("Messages", ()))
+
+
+@pytest.mark.parametrize(
+    "marker",
+    ["incoming/_READY", "incoming//_READY", "incoming/b1//_READY"],
+)
+def test_a_marker_outside_a_batch_is_refused_and_never_runs(
+    s3: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent], marker: str
+) -> None:
+    config, output = trigger_config(tmp_path, pipeline)
+    agent = start_agent(config)
+    agent.wait_ready()
+    # Another batch's files, its marker not there yet, and a file at the top.
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/b1/orders.csv", Body=b"b1")
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/top.csv", Body=b"top")
+    s3.put_object(Bucket=pipeline.bucket, Key=marker, Body=b"")
+    # A proper batch after it, to show the trigger still works.
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/ok/f.csv", Body=b"ok")
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/ok/_READY", Body=b"")
+    wait_until(lambda: runs(output), what="the proper batch to run")
+    drained(pipeline)
+
+    assert [run["env"]["S3PULL_BATCH_PREFIX"] for run in runs(output)] == ["incoming/ok/"]
+    # Nothing of the refused marker's "batch" was downloaded either.
+    assert sorted(p.name for p in (tmp_path / "batches").iterdir()) == ["ok"]
+    assert f"refused key {marker!r}" in agent.log
+    assert agent.stop() == 0
+
+
+@pytest.mark.parametrize("max_parallel", [None, 2])
+def test_at_most_max_parallel_batches_run_at_once(
+    s3: Any,
+    sqs: Any,
+    pipeline: Pipeline,
+    tmp_path: Path,
+    start_agent: Callable[..., Agent],
+    max_parallel: int | None,
+) -> None:
+    running = tmp_path / "running"
+    config, output = trigger_config(
+        tmp_path, pipeline, "overlap", str(running), "0.5", max_parallel=max_parallel
+    )
+    markers = [f"incoming/p{batch}/_READY" for batch in range(6)]
+    for key in markers:
+        s3.put_object(Bucket=pipeline.bucket, Key=key, Body=b"")
+    # One message naming every marker, as a burst of uploads can be delivered.
+    sqs.purge_queue(QueueUrl=pipeline.queue_url)
+    sqs.send_message(QueueUrl=pipeline.queue_url, MessageBody=marker_event(pipeline, *markers))
+    agent = start_agent(config)
+    agent.wait_ready()
+
+    wait_until(lambda: len(runs(output)) == len(markers), what="every batch to run")
+    drained(pipeline)
+    assert max(run["running"] for run in runs(output)) <= (max_parallel or 1)
+    assert agent.stop() == 0
+
+
+def test_what_a_command_leaves_running_is_stopped_when_it_exits(
+    s3: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+) -> None:
+    pidfile = tmp_path / "left-behind.pid"
+    config, output = trigger_config(tmp_path, pipeline, "leave", str(pidfile))
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/c1/_READY", Body=b"")
+    wait_until(lambda: runs(output), what="the command to run")
+    drained(pipeline)  # the batch succeeded (exit 0) and its marker was deleted
+    left_behind = int(pidfile.read_text())
+    assert gone(left_behind)
+    assert agent.stop() == 0
+
+
+def test_the_command_gets_a_clean_environment(
+    s3: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+) -> None:
+    config, output = trigger_config(
+        tmp_path, pipeline, environment={"ACME_ENV": "prod", "ACME_MODE": "fast lane"}
+    )
+    agent_env = {
+        "AWS_SESSION_TOKEN": "agent-secret",
+        "ACME_AGENT_ONLY": "not for the command",
+        "PYTHONPATH": "/nowhere",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "LC_TIME": "C.UTF-8",
+        "TZ": "Europe/Paris",
+    }
+    agent = start_agent(config, env=agent_env)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/e1/_READY", Body=b"")
+    (run,) = wait_until(lambda: runs(output), what="the command to run")
+
+    environ = run["environ"]
+    assert not [name for name in environ if name.startswith("AWS_")]
+    assert "ACME_AGENT_ONLY" not in environ and "PYTHONPATH" not in environ
+    assert environ["ACME_ENV"] == "prod" and environ["ACME_MODE"] == "fast lane"
+    assert environ["PATH"] == os.environ["PATH"]
+    assert (environ["HOME"], environ["LANG"], environ["LC_TIME"], environ["TZ"]) == (
+        str(tmp_path),
+        "C.UTF-8",
+        "C.UTF-8",
+        "Europe/Paris",
+    )
+    allowed = {"PATH", "HOME", "LANG", "TZ", "ACME_ENV", "ACME_MODE"}
+    assert {name for name in environ if not name.startswith(("S3PULL_", "LC_"))} <= allowed
+    assert run["env"]["S3PULL_KEY"] == "incoming/e1/_READY"
+    assert agent.stop() == 0

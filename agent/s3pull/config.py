@@ -114,6 +114,8 @@ class TriggerConfig:
     timeout_seconds: int = 3600
     manifest_timeout_seconds: int = 300
     queue_url: str = ""  # "": batches arrive on the server's own queue
+    max_parallel: int = 1  # batches of this trigger running at once
+    environment: tuple[tuple[str, str], ...] = ()  # added to the command's clean environment
 
     def covers(self, bucket: str, key: str) -> bool:
         """Whether this trigger is responsible for `s3://bucket/key`."""
@@ -288,6 +290,8 @@ def _trigger(t: _Table) -> TriggerConfig:
         timeout_seconds=_int(t, "timeout_seconds", 1, 43200),
         manifest_timeout_seconds=_int(t, "manifest_timeout_seconds", 0, 43200),
         queue_url=_str(t, "queue_url", _optional_url_problem),
+        max_parallel=_int(t, "max_parallel", 1, 1000),
+        environment=_environment(t, "environment"),
     )
 
 
@@ -485,6 +489,29 @@ def _command(t: _Table, name: str) -> tuple[str, ...]:
     if not argv[0]:
         raise t.invalid(f"{name}[0]", "must name the program to run, got ''")
     return tuple(argv)
+
+
+# POSIX portable names; the S3PULL_ ones are what the agent tells the command.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _environment(t: _Table, name: str) -> tuple[tuple[str, str], ...]:
+    table = _present(t, name, dict, 'a table of names to strings, like { ACME_ENV = "prod" }')
+    if table is None:
+        return ()
+    for key, value in table.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise t.invalid(
+                name, f"{key!r} is not a variable name (letters, digits, '_'; no leading digit)"
+            )
+        if key.upper().startswith("S3PULL_"):
+            raise t.invalid(name, f"{key!r}: the S3PULL_* variables are the agent's to set")
+        if not isinstance(value, str):
+            raise t.invalid(f"{name}.{key}", f"must be a string, got {_describe(value)}")
+        if _CONTROL.search(value):
+            raise t.invalid(f"{name}.{key}", "must not contain control characters")
+    return tuple(table.items())
 
 
 def _describe(value: object) -> str:

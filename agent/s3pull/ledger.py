@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS objects (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trigger_runs (
     trigger      TEXT NOT NULL,
-    event_id     TEXT NOT NULL,  -- identifies one marker event, redeliveries included
+    event_id     TEXT NOT NULL,  -- one version of the marker object, as S3 reported it
     batch_prefix TEXT NOT NULL,
     finished_at  REAL NOT NULL,  -- unix time
     PRIMARY KEY (trigger, event_id)
@@ -126,18 +126,20 @@ class Ledger:
             (mirror, key, int(present), etag, size, mtime_ns, sequencer),
         )
 
-    def trigger_ran(self, trigger: str, event_id: str) -> bool:
-        """Did a command already succeed for this marker event?"""
+    def trigger_ran(self, trigger: str, marker_version: str) -> bool:
+        """Did a command already succeed for this version of a marker object?"""
+        # The column keeps its old name: renaming it would need a migration for nothing.
         row = self._db.execute(
-            "SELECT 1 FROM trigger_runs WHERE trigger = ? AND event_id = ?", (trigger, event_id)
+            "SELECT 1 FROM trigger_runs WHERE trigger = ? AND event_id = ?",
+            (trigger, marker_version),
         ).fetchone()
         return row is not None
 
-    def record_trigger_run(self, trigger: str, event_id: str, batch_prefix: str) -> None:
+    def record_trigger_run(self, trigger: str, marker_version: str, batch_prefix: str) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO trigger_runs (trigger, event_id, batch_prefix, finished_at)"
             " VALUES (?, ?, ?, ?)",
-            (trigger, event_id, batch_prefix, time.time()),
+            (trigger, marker_version, batch_prefix, time.time()),
         )
 
     def forget(self, mirror: str, key: str) -> None:

@@ -1,15 +1,17 @@
 """Batch triggers: a marker object completes a batch; download it, then run a command.
 
-marker event -> already ran? -> read the marker (empty: the batch is what S3 lists now;
-otherwise a manifest to wait for) -> download the batch atomically -> run ``command``
-(no shell) in the batch directory -> record the run. Any failure raises, so the message
-comes back and, after ``max_receive_count`` receives, is dead-lettered.
+marker event -> a batch marker? -> read the marker from S3 -> this version already ran?
+-> (empty: the batch is what S3 lists now; otherwise a manifest to wait for) -> a free slot
+(``max_parallel``) -> download the batch atomically -> run ``command`` (no shell, a clean
+environment) in the batch directory -> stop what it left in its process group -> record
+the run. Any failure raises, so the message comes back and, after ``max_receive_count``
+receives, is dead-lettered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import os
 import re
@@ -17,7 +19,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from botocore.exceptions import ClientError
 
@@ -35,12 +37,17 @@ log = logging.getLogger(__name__)
 
 TriggerOutcome = Literal[
     "succeeded",  # the command ran and exited 0
-    "already-ran",  # a redelivered copy of a marker event that already succeeded
+    "already-ran",  # this version of the marker object already ran (a replayed event)
     "superseded",  # the marker was overwritten since: its own event will run the batch
     "marker-gone",  # the marker was deleted before we got to it: the batch was withdrawn
 ]
 
 KILL_GRACE_SECONDS: Final = 10.0  # SIGTERM -> this long -> SIGKILL
+GROUP_POLL_SECONDS: Final = 0.1  # how often a stopping process group is looked at
+PIDFD_SIGNAL_PROCESS_GROUP: Final = 4  # linux/pidfd.h, Linux 6.9 and later
+# What a command inherits from the agent besides LC_*: never credentials (AWS_*) or
+# anything else the agent was started with (SPEC "Round 2": trigger commands).
+INHERITED_VARIABLES: Final = frozenset({"PATH", "HOME", "LANG", "TZ"})
 MANIFEST_POLL_FIRST: Final = 0.5
 MANIFEST_POLL_MAX: Final = 5.0
 MANIFEST_MAX_BYTES: Final = 1 << 20
@@ -57,6 +64,11 @@ class _Skip(Exception):
 
     def __init__(self, outcome: TriggerOutcome) -> None:
         self.outcome: TriggerOutcome = outcome
+
+
+class _Marker(NamedTuple):
+    version: str  # which version of the marker object, as S3 says: the run's identity
+    manifest: Manifest | None  # None for an empty marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +111,19 @@ class Trigger:
         self._s3 = s3
         self._ledger = ledger
         self._concurrency = concurrency
+        # The prefix is a folder: "incoming" means "incoming/" (SPEC "Prefixes are folders").
+        prefix = config.prefix
+        self._folder = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        # At most max_parallel batches download and run at once, however many markers
+        # one message or one receive brings.
+        self._slots = asyncio.Semaphore(config.max_parallel)
         # Batch files are written from the trigger's own directory down, with the same
         # safe walk as mirrors; the ledger remembers them under "trigger:<name>".
         self._files = Mirror(
             MirrorConfig(
                 name=f"trigger:{config.name}",
                 bucket=config.bucket,
-                prefix=config.prefix,
+                prefix=self._folder,
                 directory=config.directory,
                 delete=False,
             ),
@@ -117,7 +135,8 @@ class Trigger:
     def is_marker(self, change: ObjectChange) -> bool:
         return (
             change.kind == "created"
-            and self.config.covers(change.bucket, change.key)
+            and change.bucket == self.config.bucket
+            and change.key.startswith(self._folder)
             and change.key.rsplit("/", 1)[-1] == self.config.marker
         )
 
@@ -127,43 +146,53 @@ class Trigger:
     async def run(self, change: ObjectChange) -> TriggerOutcome:
         """Complete and run the batch ``change`` (a marker) stands for.
 
-        Raises ``UnsafeKey`` for a batch that must not be written (refused for good) and
-        ``TriggerFailed`` (or an AWS/OS error) for one that should be tried again.
+        Raises ``UnsafeKey`` for a marker or batch that must not be run or written
+        (refused for good) and ``TriggerFailed`` (or an AWS/OS error) for one that should
+        be tried again.
         """
-        event_id = _event_id(change)
-        if self._ledger.trigger_ran(self.name, event_id):
-            return "already-ran"
         batch_prefix = self.batch_prefix(change.key)
         batch_parts = self._batch_parts(change.key, batch_prefix)
         try:
             marker = await self._read_marker(change)
         except _Skip as skip:
             return skip.outcome
-        tag = f"{self.name} {batch_prefix or '/'}"
-        objects = await self._complete_batch(change.key, batch_prefix, marker, tag)
-        plan = await self._files.plan(objects, under=batch_prefix)
-        if plan.refused:
-            # Running the business process on a batch with a file missing would be worse
-            # than not running it: refuse the batch as a whole.
-            raise plan.refused[0]
-        executed = await self._files.execute(plan, self._concurrency)
-        if executed.failures or executed.refused:
-            missing = len(executed.failures) + executed.refused
-            raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
-        batch_dir = ensure_directory(self.config.directory, batch_parts, change.key)
-        await self._run_command(change, batch_prefix, batch_dir, tag)
-        self._ledger.record_trigger_run(self.name, event_id, batch_prefix)
+        tag = f"{self.name} {batch_prefix}"
+        objects = await self._complete_batch(change.key, batch_prefix, marker.manifest, tag)
+        async with self._slots:
+            plan = await self._files.plan(objects, under=batch_prefix)
+            if plan.refused:
+                # Running the business process on a batch with a file missing would be
+                # worse than not running it: refuse the batch as a whole.
+                raise plan.refused[0]
+            executed = await self._files.execute(plan, self._concurrency)
+            if executed.failures or executed.refused:
+                missing = len(executed.failures) + executed.refused
+                raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
+            batch_dir = ensure_directory(self.config.directory, batch_parts, change.key)
+            await self._run_command(change, batch_prefix, batch_dir, tag)
+        self._ledger.record_trigger_run(self.name, marker.version, batch_prefix)
         return "succeeded"
 
     def _batch_parts(self, marker_key: str, batch_prefix: str) -> tuple[str, ...]:
-        relative = batch_prefix[len(self.config.prefix) :].rstrip("/")
-        if not relative:
-            return ()
-        # Validate the batch's own path like any key: no traversal, no symlink.
-        return safe_parts(self.config.prefix + relative, self.config.prefix, self.config.directory)
+        """The batch's path below the trigger's directory.
 
-    async def _read_marker(self, change: ObjectChange) -> Manifest | None:
-        """None for an empty marker, a Manifest otherwise; raises _Skip when no run is due."""
+        A marker counts only at ``<prefix><batch>/<marker>``, ``<batch>`` one or more
+        non-empty segments, none "." or "..": a marker at the top would run the command
+        among other batches' files, and "b1//" would run batch "b1" on another listing.
+        """
+        relative = batch_prefix[len(self._folder) : -1]  # batch_prefix ends in "/"
+        if not batch_prefix.startswith(self._folder) or not relative:
+            raise UnsafeKey(
+                marker_key, f"is not in a batch (a marker counts only at {self._folder}<batch>/)"
+            )
+        if any(segment in ("", ".", "..") for segment in relative.split("/")):
+            raise UnsafeKey(marker_key, "has an empty, '.' or '..' segment in its batch name")
+        # Validate the batch's own path like any key: no NUL, no over-long name, no symlink.
+        return safe_parts(self._folder + relative, self._folder, self.config.directory)
+
+    async def _read_marker(self, change: ObjectChange) -> _Marker:
+        """The marker's version and manifest (None when empty), read from S3, not from
+        the event; raises _Skip when no run is due."""
         try:
             response = await self._s3.get_object(Bucket=self.config.bucket, Key=change.key)
         except ClientError as exc:
@@ -172,14 +201,21 @@ class Trigger:
             raise
         async with response["Body"] as body:
             current = str(response.get("ETag", "")).strip('"')
-            if change.etag and current and current != change.etag:
+            if (change.etag and current and current != change.etag) or (
+                change.version_id and response.get("VersionId") not in (None, change.version_id)
+            ):
                 raise _Skip("superseded")
+            version = _marker_version(change.key, response)
+            # Whatever the event says (its time, its eTag), this version of the marker
+            # object runs once: a replayed or forged event cannot run it again.
+            if self._ledger.trigger_ran(self.name, version):
+                raise _Skip("already-ran")
             if int(response["ContentLength"]) == 0:
-                return None
+                return _Marker(version, None)
             if int(response["ContentLength"]) > MANIFEST_MAX_BYTES:
                 raise UnsafeKey(change.key, f"manifest larger than {MANIFEST_MAX_BYTES} bytes")
             text = (await body.read()).decode("utf-8", errors="replace")
-        return parse_manifest(text)
+        return _Marker(version, parse_manifest(text))
 
     async def _complete_batch(
         self, marker_key: str, batch_prefix: str, manifest: Manifest | None, tag: str
@@ -210,7 +246,12 @@ class Trigger:
         self, change: ObjectChange, batch_prefix: str, batch_dir: Path, tag: str
     ) -> None:
         env = {
-            **os.environ,
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if name in INHERITED_VARIABLES or name.startswith("LC_")
+            },
+            **dict(self.config.environment),
             "S3PULL_TRIGGER": self.name,
             "S3PULL_BUCKET": change.bucket,
             "S3PULL_KEY": change.key,
@@ -231,6 +272,7 @@ class Trigger:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
+        group = _ProcessGroup(process.pid)
         assert process.stdout is not None and process.stderr is not None
         relays = [
             asyncio.create_task(_relay(process.stdout, f"{tag} [stdout]")),
@@ -238,19 +280,30 @@ class Trigger:
         ]
         try:
             code = await asyncio.wait_for(process.wait(), self.config.timeout_seconds)
+            # Exit 0 or not, nothing it started outlives it (a daemonised child that
+            # made a session of its own is beyond reach here; systemd's cgroup is not).
+            if left := await asyncio.to_thread(group.members):
+                log.warning(
+                    "%s: the command left %d process(es) running, stopping its process group",
+                    tag,
+                    left,
+                )
+                await asyncio.shield(_stop_group(group, tag))
         except TimeoutError:
             log.error(
                 "%s: timed out after %d s, stopping its process group",
                 tag,
                 self.config.timeout_seconds,
             )
-            await _stop_group(process, tag)
+            await _stop_group(group, tag)
+            await process.wait()
             raise TriggerFailed(f"{tag}: timed out after {self.config.timeout_seconds} s") from None
         except asyncio.CancelledError:
             log.warning("%s: agent stopping, stopping the command's process group", tag)
-            await asyncio.shield(_stop_group(process, tag))
+            await asyncio.shield(_stop_group(group, tag))
             raise
         finally:
+            group.close()
             # Output still held open by a child that outlived the command is not ours
             # to wait for.
             _done, pending = await asyncio.wait(relays, timeout=1.0)
@@ -262,9 +315,18 @@ class Trigger:
         log.info("%s: command succeeded in %.1f s", tag, elapsed)
 
 
-def _event_id(change: ObjectChange) -> str:
-    """What tells one marker upload from another, and equals itself on redelivery."""
-    return "|".join((change.key, change.sequencer or "", change.event_time, change.etag or ""))
+def _marker_version(key: str, response: dict[str, Any]) -> str:
+    """Which version of the marker object S3 answered with: its VersionId on a versioned
+    bucket, else its ETag and LastModified (an upload of the same bytes gets a new
+    LastModified, to the second). Nothing here comes from the event."""
+    version_id = response.get("VersionId")
+    if version_id and version_id != "null":  # "null": written while versioning was off
+        return f"{key}|version:{version_id}"
+    modified = response.get("LastModified")
+    if modified is None:
+        raise TriggerFailed(f"{key}: S3 sent no LastModified for the marker")
+    etag = str(response.get("ETag", "")).strip('"')
+    return f"{key}|etag:{etag}|modified:{modified.isoformat()}"
 
 
 def _missing(manifest: Manifest, batch_prefix: str, objects: list[RemoteObject]) -> list[str]:
@@ -293,17 +355,79 @@ async def _relay(stream: asyncio.StreamReader, tag: str) -> None:
         log.info("%s %s", tag, pending.decode("utf-8", errors="replace").rstrip())
 
 
-async def _stop_group(process: asyncio.subprocess.Process, tag: str) -> None:
-    """SIGTERM the whole process group, wait a grace period, then SIGKILL it."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-            log.info("%s: sent %s to process group %d", tag, signum.name, process.pid)
+class _ProcessGroup:
+    """The process group a command leads (its id is the command's pid), signalled so
+    that a stranger never is.
+
+    Once the leader is reaped its pid stays taken only while a member of the group
+    lives; after that the kernel may give the number to an unrelated process, which may
+    lead a group of its own. So the group is signalled through a pidfd taken while the
+    leader was ours (Linux 6.9+: it names this group and no later one), and elsewhere by
+    ``killpg`` only right after /proc shows a live member, which keeps the number
+    taken. What is left is the moment between that look and the signal.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.id = pid
+        self._pidfd: int | None
         try:
-            await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
-        except TimeoutError:
-            continue
-        # The leader is gone; make sure nothing it started lingers in the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # already reaped (it was quick), or no pidfd on this kernel
+            self._pidfd = None
+
+    def close(self) -> None:
+        # Cleared first: a stop still running after this falls back to killpg, and never
+        # uses a descriptor number that may have been reused.
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
+
+    def members(self) -> int:
+        """How many live (not zombie) processes are in the group, from /proc."""
+        count = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    # "pid (comm) state ppid pgrp ...": comm may hold spaces and ")".
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if fields[0] != b"Z" and int(fields[2]) == self.id:
+                count += 1
+        return count
+
+    def signal(self, signum: signal.Signals) -> bool:
+        """Send ``signum`` to the group; False when it has no member left."""
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum, None, PIDFD_SIGNAL_PROCESS_GROUP)
+                return True
+            except ProcessLookupError:
+                return False
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.close()  # a kernel before 6.9: no group signals through a pidfd
+        if not self.members():
+            return False
+        try:
+            os.killpg(self.id, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+async def _stop_group(group: _ProcessGroup, tag: str) -> None:
+    """SIGTERM the whole process group, wait a grace period, then SIGKILL what is left."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        if not await asyncio.to_thread(group.members):
+            return
+        if group.signal(signum):
+            log.info("%s: sent %s to process group %d", tag, signum.name, group.id)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(GROUP_POLL_SECONDS)
+            if not await asyncio.to_thread(group.members):
+                return
