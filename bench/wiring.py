@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from s3pull.emulator import subscribe_queue
 
 __all__ = ["add_queue"]
 
@@ -16,25 +17,5 @@ def add_queue(sqs: Any, sns: Any, topic_arn: str, name: str) -> str:
     long poll lingers in moto for up to 20 s and could take the next agent's message.
     """
     url: str = sqs.create_queue(QueueName=name)["QueueUrl"]
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-    arn = attributes["Attributes"]["QueueArn"]
-    policy: dict[str, Any] = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "sns.amazonaws.com"},
-                "Action": "sqs:SendMessage",
-                "Resource": arn,
-                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-            }
-        ],
-    }
-    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
-    sns.subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=arn,
-        Attributes={"RawMessageDelivery": "true"},
-    )
+    subscribe_queue(sqs, sns, topic_arn, url)
     return url

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from conftest import wait_until
-from s3pull.emulator import client
+from s3pull.emulator import client, subscribe_queue
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 TEMPLATE = INFRA / "s3pull.yaml"
@@ -362,34 +362,13 @@ def receive_s3_record(sqs: Any, queue_url: str, key: str) -> dict[str, Any]:
     return dict(wait_until(received, timeout=5, what=f"the notification of {key}"))
 
 
-def subscribe_queue(endpoint: str, topic_arn: str, name: str) -> str:
+def queue_subscribed(endpoint: str, topic_arn: str, name: str) -> str:
     """A queue subscribed the way ``s3pull provision`` subscribes one: only the topic may
     send, raw message delivery."""
-    sns, sqs = client(endpoint, "sns"), client(endpoint, "sqs")
-    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "sns.amazonaws.com"},
-                "Action": "sqs:SendMessage",
-                "Resource": queue_arn,
-                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-            }
-        ],
-    }
-    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
-    sns.subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=queue_arn,
-        Attributes={"RawMessageDelivery": "true"},
-    )
-    return str(queue_url)
+    sqs = client(endpoint, "sqs")
+    queue_url = str(sqs.create_queue(QueueName=name)["QueueUrl"])
+    subscribe_queue(sqs, client(endpoint, "sns"), topic_arn, queue_url)
+    return queue_url
 
 
 def statements(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -525,7 +504,7 @@ def test_existing_bucket(moto_endpoint: str, name: str) -> None:
         "s3:ObjectRemoved:*",
     ]
 
-    queue_url = subscribe_queue(moto_endpoint, outputs["TopicArn"], f"s3pull-i-{name[-12:]}")
+    queue_url = queue_subscribed(moto_endpoint, outputs["TopicArn"], f"s3pull-i-{name[-12:]}")
     s3.put_object(Bucket=name, Key="assets/logo.png", Body=b"png")
     record = receive_s3_record(sqs, queue_url, "assets/logo.png")
     assert record["eventName"].startswith("ObjectCreated:")

@@ -16,7 +16,15 @@ from typing import Any
 
 import boto3
 
-__all__ = ["DUMMY_CREDENTIALS", "Pipeline", "create_pipeline", "moto_server"]
+from s3pull.provision import queue_policy
+
+__all__ = [
+    "DUMMY_CREDENTIALS",
+    "Pipeline",
+    "create_pipeline",
+    "moto_server",
+    "subscribe_queue",
+]
 
 DUMMY_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -86,32 +94,7 @@ def create_pipeline(
             )
         },
     )["QueueUrl"]
-    queue_arn = _queue_arn(sqs, queue_url)
-    sqs.set_queue_attributes(
-        QueueUrl=queue_url,
-        Attributes={
-            "Policy": json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "sns.amazonaws.com"},
-                            "Action": "sqs:SendMessage",
-                            "Resource": queue_arn,
-                            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-                        }
-                    ],
-                }
-            )
-        },
-    )
-    sns.subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=queue_arn,
-        Attributes={"RawMessageDelivery": "true" if raw_delivery else "false"},
-    )
+    subscribe_queue(sqs, sns, topic_arn, queue_url, raw_delivery=raw_delivery)
     s3.put_bucket_notification_configuration(
         Bucket=name,
         NotificationConfiguration={
@@ -119,6 +102,23 @@ def create_pipeline(
         },
     )
     return Pipeline(endpoint, name, topic_arn, queue_url, dead_letter_url)
+
+
+def subscribe_queue(
+    sqs: Any, sns: Any, topic_arn: str, queue_url: str, *, raw_delivery: bool = True
+) -> None:
+    """Subscribe an existing queue to ``topic_arn`` the way ``s3pull provision`` does:
+    the same queue policy (only that topic may send), raw delivery unless told not to."""
+    queue_arn = _queue_arn(sqs, queue_url)
+    sqs.set_queue_attributes(
+        QueueUrl=queue_url, Attributes={"Policy": queue_policy(queue_arn, topic_arn)}
+    )
+    sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=queue_arn,
+        Attributes={"RawMessageDelivery": "true" if raw_delivery else "false"},
+    )
 
 
 def topic_policy(topic_arn: str, bucket: str) -> str:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import time
 
-from s3pull.emulator import create_pipeline
-
-from ..agent import AgentProcess, MirrorSpec, write_config
 from ..changes import percentile, put_and_wait, visible_times
 from ..context import OBJECT_SIZE, Context
+from .mirrored import start_mirroring_agent
 
 __all__ = ["run_latency"]
 
@@ -22,18 +20,7 @@ PAUSE = 0.02
 
 
 def run_latency(ctx: Context) -> None:
-    pipeline = create_pipeline(ctx.moto.endpoint, BUCKET)
-    directory = ctx.work / BUCKET / "mirror"
-    state = ctx.work / BUCKET / "state"
-    config = write_config(
-        state.with_suffix(".toml"),
-        ctx.moto.endpoint,
-        pipeline.queue_url,
-        state,
-        [MirrorSpec(BUCKET, "", directory)],
-    )
-    ctx.watcher.watch(directory)
-    agent = AgentProcess(config, ctx.log("latency-run"))
+    _pipeline, directory, agent = start_mirroring_agent(ctx, BUCKET)
     try:
         agent.wait_ready()
         ctx.moto.call("record_visible", on=True)

@@ -7,12 +7,10 @@ applies them; the rate runs from the first PUT to the N-th file renamed.
 
 from __future__ import annotations
 
-from s3pull.emulator import create_pipeline
-
-from ..agent import AgentProcess, MirrorSpec, write_config
 from ..context import OBJECT_SIZE, Context, delta
 from ..load import run_load
 from .ceiling import UPLOAD_CONNECTIONS, pipeline_ceiling
+from .mirrored import start_mirroring_agent
 
 __all__ = ["run_throughput"]
 
@@ -35,18 +33,7 @@ def run_throughput(ctx: Context) -> None:
         unit="changes/s",
         errors=0,
     )
-    pipeline = create_pipeline(ctx.moto.endpoint, BUCKET)
-    directory = ctx.work / BUCKET / "mirror"
-    state = ctx.work / BUCKET / "state"
-    config = write_config(
-        state.with_suffix(".toml"),
-        ctx.moto.endpoint,
-        pipeline.queue_url,
-        state,
-        [MirrorSpec(BUCKET, "", directory)],
-    )
-    ctx.watcher.watch(directory)
-    agent = AgentProcess(config, ctx.log("throughput-run"))
+    _pipeline, directory, agent = start_mirroring_agent(ctx, BUCKET)
     try:
         agent.wait_ready()
         before = ctx.moto.agent_requests(BUCKET)
