@@ -45,11 +45,12 @@ def s3_event(
     key: str,
     sequencer: str | None = None,
     size: int | None = None,
+    etag: str | None = None,
 ) -> str:
     """A notification body in the shape real S3 sends (raw delivery)."""
     obj: dict[str, Any] = {"key": key}
     if size is not None:
-        obj.update(size=size, eTag="0" * 32)
+        obj.update(size=size, eTag=etag or "0" * 32)
     if sequencer is not None:
         obj["sequencer"] = sequencer
     return json.dumps(
@@ -202,13 +203,17 @@ def test_sequencer_skips_stale_events(
 ) -> None:
     agent = start_agent(config_path)
     agent.wait_ready()
-    s3.put_object(Bucket=pipeline.bucket, Key="data/seq.txt", Body=b"current")
-    sqs.send_message(
-        QueueUrl=pipeline.queue_url,
-        MessageBody=s3_event(
-            pipeline, "ObjectCreated:Put", "data/seq.txt", sequencer="0055AED6DCD90281E9", size=7
-        ),
+    put = s3.put_object(Bucket=pipeline.bucket, Key="data/seq.txt", Body=b"current")
+    # The event names the version S3 then serves: S3 confirms it, so its sequencer counts.
+    created = s3_event(
+        pipeline,
+        "ObjectCreated:Put",
+        "data/seq.txt",
+        sequencer="0055AED6DCD90281E9",
+        size=7,
+        etag=put["ETag"].strip('"'),
     )
+    sqs.send_message(QueueUrl=pipeline.queue_url, MessageBody=created)
     agent.wait_for_log("downloaded data/seq.txt")
     agent.wait_for_log("data/seq.txt (ObjectCreated:Put", count=2)
 

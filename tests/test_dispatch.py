@@ -220,9 +220,28 @@ async def test_a_drain_past_its_deadline_hands_the_message_back_at_once(
 # -- Mirror.apply -----------------------------------------------------------------------
 
 
-def change(pipeline: Pipeline, kind: ChangeKind, key: str) -> ObjectChange:
+def change(
+    pipeline: Pipeline,
+    kind: ChangeKind,
+    key: str,
+    sequencer: str | None = None,
+    etag: str | None = None,
+) -> ObjectChange:
     name = "ObjectCreated:Put" if kind == "created" else "ObjectRemoved:Delete"
-    return ObjectChange(kind, name, pipeline.bucket, key, "2026-11-30T10:00:00.000Z")
+    return ObjectChange(
+        kind,
+        name,
+        pipeline.bucket,
+        key,
+        "2026-11-30T10:00:00.000Z",
+        etag=etag,
+        sequencer=sequencer,
+    )
+
+
+def put(s3: Any, pipeline: Pipeline, key: str, body: bytes) -> str:
+    """Upload; return the ETag S3 gave the object (as an event would carry it)."""
+    return str(s3.put_object(Bucket=pipeline.bucket, Key=key, Body=body)["ETag"]).strip('"')
 
 
 async def test_mirror_apply_downloads_skips_unchanged_and_deletes(
@@ -266,6 +285,63 @@ async def test_mirror_apply_refuses_a_key_through_a_symlink(
 
     assert applied.outcome == "refused"
     assert list(outside.iterdir()) == []
+
+
+# -- the sequencer: a hint that may save work, never lose it ----------------------------
+
+OLDER, NEWER = "0055AED6DCD90281E5", "0055AED6DCD90281E9"
+
+
+async def test_an_equal_sequencer_falls_through_to_s3(
+    room: Room, s3: Any, pipeline: Pipeline
+) -> None:
+    # LocalStack puts one fixed sequencer on every event: a same-size overwrite must land.
+    target = room.mirror.config.directory / "same.txt"
+    first = put(s3, pipeline, "data/same.txt", b"version-1")
+    await room.mirror.apply(change(pipeline, "created", "data/same.txt", NEWER, first))
+    second = put(s3, pipeline, "data/same.txt", b"version-2")
+
+    applied = await room.mirror.apply(change(pipeline, "created", "data/same.txt", NEWER, second))
+
+    assert applied.outcome == "downloaded"
+    assert target.read_bytes() == b"version-2"
+
+
+@pytest.mark.parametrize("forged", ["F", "FFFFFFFFFFFFFFFFFF"])
+async def test_one_forged_sequencer_cannot_freeze_a_key(
+    room: Room, s3: Any, pipeline: Pipeline, forged: str
+) -> None:
+    # A claim S3 cannot confirm (no ETag, or an implausible sequencer) sets no bar.
+    target = room.mirror.config.directory / "k.txt"
+    put(s3, pipeline, "data/k.txt", b"one")
+    await room.mirror.apply(change(pipeline, "created", "data/k.txt", forged))
+    two = put(s3, pipeline, "data/k.txt", b"two")
+
+    applied = await room.mirror.apply(change(pipeline, "created", "data/k.txt", OLDER, two))
+
+    assert applied.outcome == "downloaded"
+    assert target.read_bytes() == b"two"
+
+
+async def test_an_event_older_than_one_s3_confirmed_is_skipped_until_a_reconcile(
+    room: Room, s3: Any, pipeline: Pipeline
+) -> None:
+    target = room.mirror.config.directory / "seq.txt"
+    etag = put(s3, pipeline, "data/seq.txt", b"current")
+    await room.mirror.apply(change(pipeline, "created", "data/seq.txt", NEWER, etag))
+    # An older delete, arriving late: skipped without a request; the file stays.
+    stale = await room.mirror.apply(change(pipeline, "removed", "data/seq.txt", OLDER))
+    assert stale.outcome == "stale" and target.read_bytes() == b"current"
+
+    # A reconcile resets what the ledger believes: after it, the same old sequencer on a
+    # real delete is no longer stale, and S3 decides.
+    plan = await room.mirror.plan()
+    await room.mirror.execute(plan, concurrency=2)
+    s3.delete_object(Bucket=pipeline.bucket, Key="data/seq.txt")
+    applied = await room.mirror.apply(change(pipeline, "removed", "data/seq.txt", OLDER))
+
+    assert applied.outcome == "deleted"
+    assert not target.exists()
 
 
 # -- the inbox --------------------------------------------------------------------------

@@ -90,31 +90,41 @@ def test_newer_sequencer_replaces_older(ledger: Ledger) -> None:
     assert ledger.get("m", "k") == Entry(False, None, None, None, NEWER)
 
 
-def test_sequencer_never_goes_backwards(ledger: Ledger) -> None:
+def test_the_bar_never_goes_backwards_until_a_reconcile_resets_it(ledger: Ledger) -> None:
     ledger.record_present("m", "k", "e2", 2, 2, NEW)
+    assert ledger.is_stale("m", "k", OLD)
 
+    # What the caller applied is recorded; the bar (the newest sequencer S3 confirmed)
+    # stays, since S3's history only moves forward.
     ledger.record_present("m", "k", "e1", 1, 1, OLD)
-    entry = ledger.get("m", "k")
-    assert entry is not None and entry.sequencer == NEW
-    # The state itself is what the caller applied (a reconcile, say); only the bar stays.
-    assert entry.etag == "e1"
-
     ledger.record_present("m", "k", "e3", 3, 3, None)
-    entry = ledger.get("m", "k")
-    assert entry is not None and entry.sequencer == NEW and entry.etag == "e3"
-
-    ledger.record_absent("m", "k", OLD)
-    assert ledger.get("m", "k") == Entry(False, None, None, None, NEW)
-
+    assert ledger.get("m", "k") == Entry(True, "e3", 3, 3, NEW)
     ledger.record_absent("m", "k")
     assert ledger.get("m", "k") == Entry(False, None, None, None, NEW)
 
+    # A reconcile resets it: no earlier belief can make a later event stale any more.
+    ledger.reset_sequencers("m")
+    assert ledger.get("m", "k") == Entry(False, None, None, None, None)
+    assert not ledger.is_stale("m", "k", OLD)
 
-def test_equal_sequencer_after_padding_is_not_newer(ledger: Ledger) -> None:
+
+def test_only_a_strictly_older_plausible_sequencer_is_stale(ledger: Ledger) -> None:
     ledger.record_present("m", "k", "e", 1, 1, NEW)
-    ledger.record_present("m", "k", "e", 1, 1, NEW + "00")
-    entry = ledger.get("m", "k")
-    assert entry is not None and entry.sequencer == NEW
+    assert ledger.is_stale("m", "k", OLD)
+    assert not ledger.is_stale("m", "k", NEW)  # equal: a duplicate, or LocalStack's constant
+    assert not ledger.is_stale("m", "k", NEW + "00")  # equal after padding
+    assert not ledger.is_stale("m", "k", NEWER)
+    assert not ledger.is_stale("m", "k", None)
+    assert not ledger.is_stale("m", "k", "0")  # implausibly short: padded, it outranks nothing
+    assert not ledger.is_stale("m", "k", "not-hex-at-all-00")
+    assert not ledger.is_stale("m", "never-seen", OLD)
+
+
+def test_an_implausible_sequencer_is_never_kept_as_the_bar(ledger: Ledger) -> None:
+    # Padded with zeros, a forged "F" would outrank every real sequencer and freeze the key.
+    ledger.record_present("m", "k", "e", 1, 1, "F")
+    assert ledger.get("m", "k") == Entry(True, "e", 1, 1, None)
+    assert not ledger.is_stale("m", "k", OLD)
 
 
 def test_sequencer_order_is_per_key(ledger: Ledger) -> None:
@@ -139,9 +149,7 @@ def test_data_survives_close_and_reopen(state: Path) -> None:
             "gone": Entry(False, None, None, None, OLD),
         }
         # The sequencer bar survives too.
-        second.record_present("m", "k", "older", 1, 1, OLD)
-        entry = second.get("m", "k")
-        assert entry is not None and entry.sequencer == NEW
+        assert second.is_stale("m", "k", OLD)
     finally:
         second.close()
 

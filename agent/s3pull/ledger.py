@@ -1,13 +1,16 @@
 """The agent's memory: what it last applied for each key of each mirror.
 
 A small SQLite file in ``state_directory``. It makes duplicate events cheap (a
-conditional GET on the ETag we hold) and stale events harmless (the newest ``sequencer``
-seen per key), and lets a reconcile tell a current file from a drifted one. Losing it
+conditional GET on the ETag we hold) and lets a reconcile tell a current file from a
+drifted one. It also keeps, per key, the ``sequencer`` of the last event S3 confirmed, so
+an older event can be skipped without a request: the sequencer may save work, never lose
+it (see ``is_stale``). Losing it
 costs a full re-download, never correctness: S3 stays the truth.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -15,7 +18,11 @@ from pathlib import Path
 
 from s3pull.events import sequencer_newer
 
-__all__ = ["Entry", "Ledger"]
+__all__ = ["Entry", "Ledger", "plausible_sequencer"]
+
+# Real sequencers are 16 to 18 hex digits today; a little room for growth, but never a
+# forged "F" that, padded with zeros, would outrank every real one.
+_PLAUSIBLE_SEQUENCER = re.compile(r"[0-9A-Fa-f]{16,32}")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -25,7 +32,7 @@ CREATE TABLE IF NOT EXISTS objects (
     etag      TEXT,
     size      INTEGER,
     mtime_ns  INTEGER,           -- the mtime we gave the file (S3 LastModified)
-    sequencer TEXT,              -- newest event sequencer applied, when S3 sent one
+    sequencer TEXT,              -- of the last event S3 confirmed (None: nothing to go by)
     PRIMARY KEY (mirror, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trigger_runs (
@@ -51,6 +58,10 @@ def _newest(a: str | None, b: str | None) -> str | None:
     if a is None or b is None:
         return a or b
     return a if sequencer_newer(a, b) else b
+
+
+def plausible_sequencer(sequencer: str | None) -> bool:
+    return sequencer is not None and _PLAUSIBLE_SEQUENCER.fullmatch(sequencer) is not None
 
 
 class Ledger:
@@ -81,6 +92,29 @@ class Ledger:
         if row is None:
             return None
         return Entry(bool(row[0]), row[1], row[2], row[3], row[4])
+
+    def is_stale(self, mirror: str, key: str, sequencer: str | None) -> bool:
+        """Is an event with ``sequencer`` strictly older than the last one S3 confirmed?
+
+        Only then may it be skipped without asking S3. An equal, missing, malformed or
+        implausible sequencer is never stale: the event falls through to a conditional
+        request, which costs little for a duplicate and loses nothing otherwise.
+        """
+        entry = self.get(mirror, key)
+        bar = entry.sequencer if entry is not None else None
+        if sequencer is None or bar is None:
+            return False
+        if not (plausible_sequencer(sequencer) and plausible_sequencer(bar)):
+            return False
+        return sequencer_newer(bar, sequencer)
+
+    def reset_sequencers(self, mirror: str, under: str = "") -> None:
+        """Forget every sequencer bar of ``mirror`` below ``under`` (after a reconcile)."""
+        self._db.execute(
+            "UPDATE objects SET sequencer = NULL"
+            " WHERE mirror = ? AND substr(key, 1, ?) = ? AND sequencer IS NOT NULL",
+            (mirror, len(under), under),
+        )
 
     def entries(self, mirror: str, under: str = "") -> dict[str, Entry]:
         """Every entry of ``mirror`` whose key starts with ``under``."""
@@ -115,10 +149,12 @@ class Ledger:
         mtime_ns: int | None,
         sequencer: str | None,
     ) -> None:
-        # Never let the remembered sequencer go backwards: it is the bar stale events
-        # are measured against.
+        # ``sequencer`` is one S3 confirmed, or None. S3's history only moves forward, so
+        # the newest confirmed one stays a valid bar until a reconcile resets it.
+        if not plausible_sequencer(sequencer):
+            sequencer = None
         previous = self.get(mirror, key)
-        if previous is not None:
+        if previous is not None and plausible_sequencer(previous.sequencer):
             sequencer = _newest(sequencer, previous.sequencer)
         self._db.execute(
             "INSERT OR REPLACE INTO objects (mirror, key, present, etag, size, mtime_ns, sequencer)"

@@ -21,7 +21,7 @@ from s3pull.aws import is_missing
 from s3pull.config import MirrorConfig
 from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, mtime_ns
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
-from s3pull.events import ObjectChange, sequencer_newer
+from s3pull.events import ObjectChange
 from s3pull.ledger import Entry, Ledger
 from s3pull.logfields import journal_fields
 from s3pull.paths import is_folder_placeholder, local_stat, remove_file, safe_parts, walk_files
@@ -80,6 +80,7 @@ class ReconcilePlan:
     deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     refused: list[UnsafeKey] = field(default_factory=list)
     up_to_date: int = 0
+    under: str = ""  # the prefix the listing covered
 
     @property
     def download_bytes(self) -> int:
@@ -103,6 +104,14 @@ def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
         and st.st_size == entry.size
         and st.st_mtime_ns == entry.mtime_ns
     )
+
+
+def _confirmed_sequencer(event: ObjectChange | None, served_etag: str | None) -> str | None:
+    """The event's sequencer, when S3 just served the version the event names (its ETag);
+    otherwise None. Only a confirmed event may make older ones skippable."""
+    if event is None or event.kind != "created" or not event.etag or not served_etag:
+        return None
+    return event.sequencer if event.etag.lower() == served_etag.lower() else None
 
 
 class Mirror:
@@ -182,7 +191,7 @@ class Mirror:
         if _file_matches(entry, st) or (st is None and (entry is None or not entry.present)):
             return None
         if await self._still_exists(key):
-            applied = await self._fetch(key, parts, None, None)
+            applied = await self._fetch(key, parts, None)
         elif st is not None and self.config.delete:
             remove_file(self.config.directory, parts, key)
             self._ledger.record_absent(self.name, key)
@@ -196,17 +205,13 @@ class Mirror:
         if is_folder_placeholder(change.key):
             return Applied("placeholder")
         parts = self.parts(change.key)
-        entry = self._ledger.get(self.name, change.key)
-        if (
-            change.sequencer is not None
-            and entry is not None
-            and entry.sequencer is not None
-            and not sequencer_newer(change.sequencer, entry.sequencer)
-        ):
+        if self._ledger.is_stale(self.name, change.key, change.sequencer):
             return Applied("stale")
         if change.kind == "removed" and await self._still_exists(change.key) is False:
+            # S3 confirms the removal: this event's sequencer becomes the bar.
             return Applied(self._gone(change.key, parts, change.sequencer))
-        return await self._fetch(change.key, parts, entry, change.sequencer)
+        entry = self._ledger.get(self.name, change.key)
+        return await self._fetch(change.key, parts, entry, change)
 
     async def _still_exists(self, key: str) -> bool:
         """HEAD the object: a remove event is only believed once S3 agrees."""
@@ -219,19 +224,25 @@ class Mirror:
         return True
 
     async def _fetch(
-        self, key: str, parts: tuple[str, ...], entry: Entry | None, sequencer: str | None
+        self,
+        key: str,
+        parts: tuple[str, ...],
+        entry: Entry | None,
+        event: ObjectChange | None = None,
     ) -> Applied:
+        """Make the file what S3 holds now. ``event`` is the change that asked, if any:
+        its sequencer is kept only when S3 served the very version it names."""
         try:
-            return await self._fetch_once(key, parts, entry, sequencer)
+            return await self._fetch_once(key, parts, entry, event)
         except PathCollision as collision:
             # A late event for a key S3 no longer holds: nothing to write, no collision.
             if not await self._still_exists(key):
-                return Applied(self._gone(key, parts, sequencer))
+                return Applied(self._gone(key, parts, None))
             await self._settle_collision(collision)
-        return await self._fetch_once(key, parts, entry, sequencer)  # the way is clear now
+        return await self._fetch_once(key, parts, entry, event)  # the way is clear now
 
     async def _fetch_once(
-        self, key: str, parts: tuple[str, ...], entry: Entry | None, sequencer: str | None
+        self, key: str, parts: tuple[str, ...], entry: Entry | None, event: ObjectChange | None
     ) -> Applied:
         st = local_stat(self.config.directory, parts, key)
         current = entry.etag if entry is not None and _file_matches(entry, st) else None
@@ -239,16 +250,22 @@ class Mirror:
             self._s3, self.config.bucket, key, self.config.directory, parts, if_none_match=current
         )
         if result == GONE:
-            return Applied(self._gone(key, parts, sequencer))
+            return Applied(self._gone(key, parts, None))
         if result == NOT_MODIFIED:
             assert entry is not None and entry.size is not None and entry.mtime_ns is not None
-            self._ledger.record_present(
-                self.name, key, entry.etag, entry.size, entry.mtime_ns, sequencer
-            )
+            # Still the version the bar was set for: it stands, unless this event names
+            # that version too and brings a sequencer of its own.
+            bar = _confirmed_sequencer(event, entry.etag) or entry.sequencer
+            self._ledger.record_present(self.name, key, entry.etag, entry.size, entry.mtime_ns, bar)
             return Applied("unchanged")
         assert isinstance(result, Downloaded)
         self._ledger.record_present(
-            self.name, key, result.etag, result.size, result.mtime_ns, sequencer
+            self.name,
+            key,
+            result.etag,
+            result.size,
+            result.mtime_ns,
+            _confirmed_sequencer(event, result.etag),
         )
         return Applied("downloaded", result.size)
 
@@ -323,7 +340,7 @@ class Mirror:
             remote = await self.list_remote(under)
         directory = self.config.directory
         entries = self._ledger.entries(self.name, under or self.config.prefix)
-        plan = ReconcilePlan()
+        plan = ReconcilePlan(under=under or self.config.prefix)
         wanted: set[str] = set()
         for obj in remote:
             if is_folder_placeholder(obj.key):
@@ -367,7 +384,7 @@ class Mirror:
                 obj, parts = work.get_nowait()
                 started = time.monotonic()
                 try:
-                    applied = await self._fetch(obj.key, parts, None, None)
+                    applied = await self._fetch(obj.key, parts, None)
                 except UnsafeKey as refusal:  # found only at write time (a collision)
                     nonlocal refused
                     refused += 1
@@ -381,6 +398,9 @@ class Mirror:
                     on_progress(obj.size)
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, work.qsize())))))
+        # The listing is S3's word on every key it covered: no sequencer an event left
+        # behind may make a later event stale any more.
+        self._ledger.reset_sequencers(self.name, plan.under)
         for refusal in plan.refused:
             self._refused(refusal)
         for key, parts in plan.deletions:
