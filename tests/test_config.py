@@ -453,6 +453,12 @@ INVALID: list[tuple[Edit, str, str]] = [
     (put("trigger[0]", bucket="192.168.1.1"), "trigger[0].bucket", "bucket name"),
     (put("mirror[0]", prefix="/assets/"), "mirror[0].prefix", "'/'"),
     (put("trigger[0]", prefix="in\0"), "trigger[0].prefix", "NUL"),
+    (put("mirror[0]", prefix="assets//img/"), "mirror[0].prefix", "empty"),
+    (put("mirror[0]", prefix="assets//"), "mirror[0].prefix", "empty"),
+    (put("mirror[0]", prefix="/"), "mirror[0].prefix", "'/'"),
+    (put("trigger[0]", prefix="in/./b/"), "trigger[0].prefix", "'.'"),
+    (put("trigger[0]", prefix="in/.."), "trigger[0].prefix", "'..'"),
+    (put("mirror[0]", prefix="./"), "mirror[0].prefix", "'.'"),
     (put("trigger[0]", marker=""), "trigger[0].marker", "base name"),
     (put("trigger[0]", marker="."), "trigger[0].marker", "base name"),
     (put("trigger[0]", marker=".."), "trigger[0].marker", "base name"),
@@ -519,3 +525,24 @@ def test_file_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b'[queue]\nurl = "caf\xe9"\n')
     with pytest.raises(ConfigError, match="UTF-8"):
         load_config(path, NO_AWS_ENV)
+
+
+def test_a_prefix_is_a_folder(tmp_path: Path) -> None:
+    # Issue 16: "assets" as a string prefix also matched "assets-archive/..." and mapped
+    # "assets/a.txt" to the absolute path "/a.txt". It means the folder "assets/".
+    doc = minimal()
+    doc["mirror"][0]["prefix"] = "assets"
+    doc["trigger"][0]["prefix"] = "incoming/batches"
+    config = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV)
+    assert config.mirrors[0].prefix == "assets/"
+    assert config.triggers[0].prefix == "incoming/batches/"
+    assert config.mirrors[0].covers("acme-shared", "assets/a.txt")
+    assert not config.mirrors[0].covers("acme-shared", "assets-archive/old.txt")
+    assert not config.triggers[0].covers("acme-uploads", "incoming/batches-old/b1/_READY")
+
+
+@pytest.mark.parametrize("prefix", ["", "assets/", "a b/c+d/", "..x/y../", "é/"])
+def test_prefixes_already_folders_are_kept(tmp_path: Path, prefix: str) -> None:
+    doc = minimal()
+    doc["mirror"][0]["prefix"] = prefix
+    assert load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors[0].prefix == prefix

@@ -269,7 +269,7 @@ def _mirror(t: _Table) -> MirrorConfig:
     return MirrorConfig(
         name=_str(t, "name", _name_problem),
         bucket=_str(t, "bucket", _bucket_problem),
-        prefix=_str(t, "prefix", _prefix_problem, default=""),
+        prefix=_prefix(t, "prefix"),
         directory=_path(t, "directory"),
         delete=_bool(t, "delete"),
     )
@@ -279,7 +279,7 @@ def _trigger(t: _Table) -> TriggerConfig:
     return TriggerConfig(
         name=_str(t, "name", _name_problem),
         bucket=_str(t, "bucket", _bucket_problem),
-        prefix=_str(t, "prefix", _prefix_problem, default=""),
+        prefix=_prefix(t, "prefix"),
         marker=_str(t, "marker", _marker_problem),
         directory=_path(t, "directory"),
         command=_command(t, "command"),
@@ -542,11 +542,27 @@ def _is_ip_address(value: str) -> bool:
     return True
 
 
+def _prefix(t: _Table, name: str) -> str:
+    """A mirror's or trigger's prefix, always a folder: "" (the whole bucket) or "a/b/".
+
+    Taken as a string prefix, "assets" would also cover "assets-archive/old.txt" and
+    put "assets/a.txt" at "/a.txt" below the directory: a reconcile then deletes the
+    mirror and fills it from the sibling folder (issue 16). So "assets" means "assets/".
+    """
+    value = _str(t, name, _prefix_problem, default="")
+    return value if value == "" or value.endswith("/") else value + "/"
+
+
 def _prefix_problem(value: str) -> str | None:
     if value.startswith("/"):
         return f"must not start with '/' (S3 keys have no leading slash), got {value!r}"
     if "\0" in value:
         return "must not contain a NUL character"
+    # Each segment is a folder name, so keys below it map onto the directory one to one.
+    for segment in value.removesuffix("/").split("/") if value else ():
+        if segment in ("", ".", ".."):
+            shown = "an empty folder name ('//')" if segment == "" else f"a {segment!r} folder"
+            return f"must be a folder like 'assets/' or 'a/b/', got {value!r} with {shown}"
     return None
 
 
