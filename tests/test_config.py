@@ -453,11 +453,17 @@ INVALID: list[tuple[Edit, str, str]] = [
     (put("trigger[0]", bucket="192.168.1.1"), "trigger[0].bucket", "bucket name"),
     (put("mirror[0]", prefix="/assets/"), "mirror[0].prefix", "'/'"),
     (put("trigger[0]", prefix="in\0"), "trigger[0].prefix", "NUL"),
+    (put("mirror[0]", prefix="assets//img/"), "mirror[0].prefix", "empty"),
+    (put("mirror[0]", prefix="assets//"), "mirror[0].prefix", "empty"),
+    (put("mirror[0]", prefix="/"), "mirror[0].prefix", "'/'"),
+    (put("trigger[0]", prefix="in/./b/"), "trigger[0].prefix", "'.'"),
+    (put("trigger[0]", prefix="in/.."), "trigger[0].prefix", "'..'"),
+    (put("mirror[0]", prefix="./"), "mirror[0].prefix", "'.'"),
     (put("trigger[0]", marker=""), "trigger[0].marker", "base name"),
     (put("trigger[0]", marker="."), "trigger[0].marker", "base name"),
     (put("trigger[0]", marker=".."), "trigger[0].marker", "base name"),
     (put("trigger[0]", marker="done/_READY"), "trigger[0].marker", "base name"),
-    (put("trigger[0]", marker="_READY\0"), "trigger[0].marker", "base name"),
+    (put("trigger[0]", marker="_READY\0"), "trigger[0].marker", "NUL"),
     (put("trigger[0]", command=[]), "trigger[0].command", "non-empty"),
     (put("trigger[0]", command=["", "x"]), "trigger[0].command[0]", "program"),
     (put("trigger[0]", command=["run", "a\0b"]), "trigger[0].command[1]", "NUL"),
@@ -553,3 +559,102 @@ TRIGGER_RUN_INVALID: list[tuple[Edit, str, str]] = [
 )
 def test_invalid_trigger_run_settings(tmp_path: Path, edit: Edit, key: str, word: str) -> None:
     test_invalid(tmp_path, edit, key, word)
+
+
+def test_a_prefix_is_a_folder(tmp_path: Path) -> None:
+    # Issue 16: "assets" as a string prefix also matched "assets-archive/..." and mapped
+    # "assets/a.txt" to the absolute path "/a.txt". It means the folder "assets/".
+    doc = minimal()
+    doc["mirror"][0]["prefix"] = "assets"
+    doc["trigger"][0]["prefix"] = "incoming/batches"
+    config = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV)
+    assert config.mirrors[0].prefix == "assets/"
+    assert config.triggers[0].prefix == "incoming/batches/"
+    assert config.mirrors[0].covers("acme-shared", "assets/a.txt")
+    assert not config.mirrors[0].covers("acme-shared", "assets-archive/old.txt")
+    assert not config.triggers[0].covers("acme-uploads", "incoming/batches-old/b1/_READY")
+
+
+@pytest.mark.parametrize("prefix", ["", "assets/", "a b/c+d/", "..x/y../", "é/"])
+def test_prefixes_already_folders_are_kept(tmp_path: Path, prefix: str) -> None:
+    doc = minimal()
+    doc["mirror"][0]["prefix"] = prefix
+    assert load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors[0].prefix == prefix
+
+
+# Control characters (issue 12, item 7): any of them in any string of the file is an
+# error, wherever it is, so nothing from the configuration can break a log line or a
+# systemd unit file. TOML escapes put them in without a raw byte in the file.
+CONTROL_CASES: list[tuple[Edit, str]] = [
+    (put("mirror[0]", directory="/srv/a\nExecStartPre=+/bin/sh"), "mirror[0].directory"),
+    (put("trigger[0]", directory="/srv/in\rcoming"), "trigger[0].directory"),
+    (put("agent", state_directory="/var/lib/s3pull\x7f"), STATE),
+    (put("mirror[0]", name="assets\x1b[31m"), "mirror[0].name"),
+    (put("mirror[0]", prefix="assets/\n"), "mirror[0].prefix"),
+    (put("mirror[0]", bucket="acme\tshared"), "mirror[0].bucket"),
+    (put("trigger[0]", prefix="in\x00/"), "trigger[0].prefix"),
+    (put("trigger[0]", marker="_READY\x85"), "trigger[0].marker"),
+    (put("trigger[0]", command=["/bin/run", "--x", "a\nb"]), "trigger[0].command[2]"),
+    (put("trigger[0]", command=["/bin/ru\tn"]), "trigger[0].command[0]"),
+    (put("agent", instance_id="i-0abc\n"), "agent.instance_id"),
+    (put("queue", url=QUEUE_URL + "\n"), "queue.url"),
+    (put("queue", name="s3pull-\u0000{instance_id}"), "queue.name"),
+    (put("aws", region="eu-west-1\n"), "aws.region"),
+    (put("aws", endpoint_url="http://127.0.0.1:5000/\x0b"), "aws.endpoint_url"),
+    (put("metrics", listen="127.0.0.1:9464\n"), "metrics.listen"),
+    # Keys the agent does not know (yet) are refused for their control character first,
+    # wherever they are nested.
+    (put("trigger[0]", environment={"ACME": "a\nb"}), "trigger[0].environment.ACME"),
+]
+
+
+@pytest.mark.parametrize(("edit", "key"), CONTROL_CASES, ids=[f"{c[1]}" for c in CONTROL_CASES])
+def test_control_characters_are_configuration_errors(tmp_path: Path, edit: Edit, key: str) -> None:
+    doc = minimal()
+    edit(doc)
+    path = write(tmp_path, to_toml(doc))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, NO_AWS_ENV)
+    error = caught.value
+    assert (error.path, error.key) == (str(path), key)
+    assert "control character" in error.problem
+    # One line, whatever the value held: the message itself escapes it.
+    assert str(error).isprintable()
+
+
+def test_control_character_message_names_it(tmp_path: Path) -> None:
+    doc = minimal()
+    doc["mirror"][0]["directory"] = "/srv/a\nb"
+    path = write(tmp_path, to_toml(doc))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, NO_AWS_ENV)
+    assert str(caught.value) == (
+        f"{path}: mirror[0].directory: must not contain control characters, "
+        "found a newline (U+000A) at character 7 of '/srv/a\\nb'"
+    )
+
+
+def test_raw_control_characters_in_the_file_are_refused_too(tmp_path: Path) -> None:
+    # TOML refuses most raw control characters itself, but lets a tab and the C1 range
+    # (U+0080-U+009F, U+0085 is a line break to some readers) into a string as they are.
+    doc = minimal()
+    doc["mirror"][0]["directory"] = "/srv/as\tsets"
+    for key, text in [
+        ("mirror[0].directory", to_toml(doc).replace("\\t", "\t")),
+        ("trigger[0].command[0]", to_toml(minimal()).replace("process-batch", "\x85")),
+    ]:
+        path = write(tmp_path, text)
+        assert "\\" not in path.read_text()
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, NO_AWS_ENV)
+        assert caught.value.key == key
+        assert "control character" in caught.value.problem
+
+
+def test_control_characters_in_key_names_are_escaped_in_the_message(tmp_path: Path) -> None:
+    path = write(tmp_path, to_toml(minimal()) + '"na\\nme" = 1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, NO_AWS_ENV)
+    assert caught.value.key == "trigger[0].'na\\nme'"
+    assert "control character" in caught.value.problem
+    assert str(caught.value).isprintable()

@@ -192,6 +192,8 @@ def _parse(text: str, path: Path, environ: Mapping[str, str]) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _Invalid("", f"is not valid TOML: {exc}") from None
+    # First, before any key is named in a message or any value is used.
+    _reject_control_characters(doc, "")
     _reject_unknown(doc, "", _TOP_LEVEL)
 
     aws = _aws(_section(doc, "aws", AwsConfig), environ)
@@ -271,7 +273,7 @@ def _mirror(t: _Table) -> MirrorConfig:
     return MirrorConfig(
         name=_str(t, "name", _name_problem),
         bucket=_str(t, "bucket", _bucket_problem),
-        prefix=_str(t, "prefix", _prefix_problem, default=""),
+        prefix=_prefix(t, "prefix"),
         directory=_path(t, "directory"),
         delete=_bool(t, "delete"),
     )
@@ -281,7 +283,7 @@ def _trigger(t: _Table) -> TriggerConfig:
     return TriggerConfig(
         name=_str(t, "name", _name_problem),
         bucket=_str(t, "bucket", _bucket_problem),
-        prefix=_str(t, "prefix", _prefix_problem, default=""),
+        prefix=_prefix(t, "prefix"),
         marker=_str(t, "marker", _marker_problem),
         directory=_path(t, "directory"),
         command=_command(t, "command"),
@@ -350,6 +352,47 @@ def _overlap(directory: Path, other: Path) -> str | None:
     if other.is_relative_to(directory):
         return "contains"
     return None
+
+
+# Control characters. No setting has a use for one, and each is a way to break what the
+# configuration reaches: a newline in a directory would end the ReadWritePaths= line of
+# the systemd drop-in that s3pull-setup writes and start a line of its own (issue 12),
+# one in a name or prefix forges log lines, a NUL cuts a path or an argv element short.
+# So every string of the file, and every key, is checked here, once, whatever reads it
+# later: C0 (tab and newline included), DEL and C1, the Unicode category Cc.
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {
+    "\0": "a NUL",
+    "\t": "a tab",
+    "\n": "a newline",
+    "\r": "a carriage return",
+    "\x1b": "an escape",
+    "\x7f": "a DEL",
+    "\x85": "a next line",
+}
+
+
+def _reject_control_characters(value: object, where: str) -> None:
+    if isinstance(value, str):
+        if match := _CONTROL.search(value):
+            char = match.group()
+            name = _CONTROL_NAMES.get(char, "a control character")
+            raise _Invalid(
+                where,
+                "must not contain control characters, found "
+                f"{name} (U+{ord(char):04X}) at character {match.start() + 1} of {value!r}",
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            shown = repr(key) if _CONTROL.search(key) else key
+            inner = f"{where}.{shown}" if where else shown
+            if shown != key:
+                raise _Invalid(inner, "a key must not contain control characters")
+            _reject_control_characters(item, inner)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _reject_control_characters(item, f"{where}[{i}]")
 
 
 # Tables, and typed reads from them.
@@ -465,8 +508,6 @@ def _path(t: _Table, name: str) -> Path:
     value = _present(t, name, str, "an absolute path")
     if value is None:
         return _default(t, name, Path)
-    if "\0" in value:
-        raise t.invalid(name, "must not contain a NUL character")
     if not os.path.isabs(value):
         raise t.invalid(name, f"must be an absolute path, got {value!r}")
     # Lexical only: symlinks are not resolved and the directory need not exist yet.
@@ -484,8 +525,6 @@ def _command(t: _Table, name: str) -> tuple[str, ...]:
         # Run without a shell, so each element goes to execve() exactly as written.
         if not isinstance(arg, str):
             raise t.invalid(f"{name}[{i}]", f"must be a string, got {_describe(arg)}")
-        if "\0" in arg:
-            raise t.invalid(f"{name}[{i}]", "must not contain a NUL character")
     if not argv[0]:
         raise t.invalid(f"{name}[0]", "must name the program to run, got ''")
     return tuple(argv)
@@ -569,16 +608,30 @@ def _is_ip_address(value: str) -> bool:
     return True
 
 
+def _prefix(t: _Table, name: str) -> str:
+    """A mirror's or trigger's prefix, always a folder: "" (the whole bucket) or "a/b/".
+
+    Taken as a string prefix, "assets" would also cover "assets-archive/old.txt" and
+    put "assets/a.txt" at "/a.txt" below the directory: a reconcile then deletes the
+    mirror and fills it from the sibling folder (issue 16). So "assets" means "assets/".
+    """
+    value = _str(t, name, _prefix_problem, default="")
+    return value if value == "" or value.endswith("/") else value + "/"
+
+
 def _prefix_problem(value: str) -> str | None:
     if value.startswith("/"):
         return f"must not start with '/' (S3 keys have no leading slash), got {value!r}"
-    if "\0" in value:
-        return "must not contain a NUL character"
+    # Each segment is a folder name, so keys below it map onto the directory one to one.
+    for segment in value.removesuffix("/").split("/") if value else ():
+        if segment in ("", ".", ".."):
+            shown = "an empty folder name ('//')" if segment == "" else f"a {segment!r} folder"
+            return f"must be a folder like 'assets/' or 'a/b/', got {value!r} with {shown}"
     return None
 
 
 def _marker_problem(value: str) -> str | None:
-    if value in ("", ".", "..") or "/" in value or "\0" in value:
+    if value in ("", ".", "..") or "/" in value:
         return f"must be a file base name (not empty, '.' or '..', no '/'), got {value!r}"
     return None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,20 +37,46 @@ def writable_paths(config: Config) -> list[Path]:
     return list(dict.fromkeys(paths))  # in file order, once each
 
 
+# C0, DEL and C1. systemd ends a line at "\n", "\r" and NUL, and no quoting in a unit file
+# can carry one: a newline in a directory would start a line of its own, such as
+# "ExecStartPre=+..." run as root outside the sandbox (issue 12). The agent's parser
+# refuses them in every configuration string; this is the last line of defence.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def unit_quote(path: Path) -> str:
-    # ReadWritePaths= splits on whitespace and expands %-specifiers; "-" ignores a path
-    # that is missing at start (without it the unit would fail with 226/NAMESPACE).
-    text = str(path).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    """``path`` as one word of ReadWritePaths= that systemd reads back as exactly ``path``.
+
+    systemd unquotes the word first (a backslash takes the next character literally), then
+    takes the "-" prefix (a missing path is ignored instead of failing the unit with
+    226/NAMESPACE), then expands %-specifiers. So: double quotes around it, so whitespace,
+    "#", ";" and "'" are plain characters; a backslash before each backslash and double
+    quote; "%%" for "%". The path is absolute, so it starts with "/" and a "-" or "+" of
+    its own can never be read as a prefix. Raises ValueError for what cannot be written.
+    """
+    text = str(path)
+    if match := CONTROL.search(text):
+        raise ValueError(f"{text!r} holds a control character (U+{ord(match.group()):04X})")
+    if not path.is_absolute():
+        raise ValueError(f"{text!r} is not an absolute path")
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
     return f'"-{text}"'
 
 
 def drop_in_text(config: Config) -> str:
+    source = str(config.path)
+    if CONTROL.search(source):  # even in a comment: a newline would end it
+        source = repr(source)
     lines = [
-        f"# Written by s3pull-setup site-paths from {config.path}; rewritten whenever the",
+        f"# Written by s3pull-setup site-paths from {source}; rewritten whenever the",
         "# configuration changes. Put settings of your own in another file of this directory.",
         "[Service]",
     ]
-    lines += [f"ReadWritePaths={unit_quote(path)}" for path in writable_paths(config)]
+    for path in writable_paths(config):
+        try:
+            lines.append(f"ReadWritePaths={unit_quote(path)}")
+        except ValueError as exc:
+            raise ConfigError(str(config.path), "", f"cannot go into a unit file: {exc}") from None
     return "\n".join(lines) + "\n"
 
 
