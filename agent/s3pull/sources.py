@@ -56,7 +56,8 @@ class Refusal:
             return self.reason
         change = self.change
         # repr: a key may hold any character, newlines included; one event, one line.
-        return f"s3://{change.bucket}/{_shown(change.key)} ({change.event_name}): {self.reason}"
+        where = _shown(f"s3://{change.bucket}/{change.key}")
+        return f"{where} ({change.event_name}): {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
