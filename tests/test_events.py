@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 
@@ -16,6 +17,8 @@ from s3pull.events import Notification, ObjectChange, parse_body, sequencer_newe
 EVENTS = Path(__file__).parent / "events"
 
 AWS_TIME = "2026-11-29T10:15:30.123Z"
+# The topic in every recorded SNS envelope.
+_TOPIC = "arn:aws:sns:eu-west-1:123456789012:s3pull-events"
 
 
 def _body(name: str) -> str:
@@ -54,7 +57,7 @@ _MOTO_PUT = ObjectChange(
 # Every file in tests/events and exactly what it must parse to.
 EXPECTED: dict[str, Notification] = {
     "aws-object-created-put.json": _changes(_PUT),
-    "aws-sns-wrapped-object-created-put.json": _changes(_PUT),
+    "aws-sns-wrapped-object-created-put.json": Notification(changes=(_PUT,), topic_arn=_TOPIC),
     "aws-object-created-multipart.json": _changes(
         ObjectChange(
             kind="created",
@@ -164,12 +167,13 @@ EXPECTED: dict[str, Notification] = {
     ),
     "aws-records-empty.json": Notification(changes=()),
     "aws-test-event.json": Notification(changes=(), test_event=True),
-    "aws-sns-wrapped-test-event.json": Notification(changes=(), test_event=True),
+    "aws-sns-wrapped-test-event.json": Notification(changes=(), test_event=True, topic_arn=_TOPIC),
     "moto-test-event.json": Notification(changes=(), test_event=True),
-    "moto-sns-wrapped-test-event.json": Notification(changes=(), test_event=True),
+    "moto-sns-wrapped-test-event.json": Notification(changes=(), test_event=True, topic_arn=_TOPIC),
     "moto-object-created-put.json": _changes(_MOTO_PUT),
-    "moto-sns-wrapped-object-created-put.json": _changes(
-        dataclasses.replace(_MOTO_PUT, event_time="2026-11-30T00:52:15.057Z")
+    "moto-sns-wrapped-object-created-put.json": Notification(
+        changes=(dataclasses.replace(_MOTO_PUT, event_time="2026-11-30T00:52:15.057Z"),),
+        topic_arn=_TOPIC,
     ),
     "moto-object-created-copy.json": _changes(
         dataclasses.replace(
@@ -200,13 +204,13 @@ def test_recorded_payload(name: str) -> None:
     assert parse_body(_body(name)) == EXPECTED[name]
 
 
-def _sns_wrap(message: str) -> str:
+def _sns_wrap(message: str, topic_arn: Any = _TOPIC) -> str:
     # What SNS delivers to SQS without raw message delivery: the body, as a string, in Message.
     return json.dumps(
         {
             "Type": "Notification",
             "MessageId": "f7582c76-ff78-4f49-945e-0cc5267c1f8f",
-            "TopicArn": "arn:aws:sns:eu-west-1:123456789012:s3pull-events",
+            "TopicArn": topic_arn,
             "Subject": "Amazon S3 Notification",
             "Message": message,
             "Timestamp": "2026-11-29T10:15:30.456Z",
@@ -216,13 +220,18 @@ def _sns_wrap(message: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(n for n in EXPECTED if "sns-wrapped" not in n))
-def test_sns_wrapped_equals_raw(name: str) -> None:
+def test_sns_wrapped_equals_raw_but_names_its_topic(name: str) -> None:
     body = _body(name)
-    assert parse_body(_sns_wrap(body)) == parse_body(body)
+    wrapped = parse_body(_sns_wrap(body))
+    assert wrapped.topic_arn == _TOPIC
+    assert parse_body(body).topic_arn is None  # raw delivery cannot name a topic
+    assert dataclasses.replace(wrapped, topic_arn=None) == parse_body(body)
 
 
 def test_recorded_sns_wrapped_put_equals_raw_put() -> None:
-    assert parse_body(_body("aws-sns-wrapped-object-created-put.json")) == parse_body(
+    wrapped = parse_body(_body("aws-sns-wrapped-object-created-put.json"))
+    assert wrapped.topic_arn == _TOPIC
+    assert dataclasses.replace(wrapped, topic_arn=None) == parse_body(
         _body("aws-object-created-put.json")
     )
 
@@ -340,11 +349,92 @@ def test_event_version_2_x_accepted(version: str) -> None:
     assert change == _PUT
 
 
-def test_unknown_fields_and_other_event_source_are_not_judged() -> None:
+def test_unknown_fields_are_ignored() -> None:
     record = _record(newField={"x": 1})
-    record["eventSource"] = "aws:s3-express"
     record["brandNew"] = [None]
     assert parse_body(_records(record)) == _changes(_PUT)
+
+
+def test_event_source_is_reported_not_judged() -> None:
+    # Whether a source is trusted is sources.Trust's call, with the configuration at hand.
+    record = _set(_record(), "eventSource", "aws:s3-express")
+    (change,) = parse_body(_records(record)).changes
+    assert change == dataclasses.replace(_PUT, event_source="aws:s3-express")
+    assert _PUT.event_source == "aws:s3"
+
+
+def test_recorded_sns_topics() -> None:
+    # moto's envelope names the topic the test pipeline created; AWS's the sample topic.
+    for name in sorted(EXPECTED):
+        topic = parse_body(_body(name)).topic_arn
+        assert topic == (_TOPIC if "sns-wrapped" in name else None), name
+
+
+@pytest.mark.parametrize(
+    "event_time",
+    [
+        "2026-11-29T10:15:30.123Z",  # AWS and moto
+        "2026-11-29T10:15:30Z",
+        "2026-11-29T10:15:30.123456Z",
+        "2026-11-29T10:15:30.123456789Z",
+        "2026-11-29T10:15:30.123+00:00",
+        "2024-02-29T23:59:59.999Z",  # a leap day
+    ],
+)
+def test_event_time_iso_8601_utc_accepted_as_sent(event_time: str) -> None:
+    (change,) = parse_body(_records(_set(_record(), "eventTime", event_time))).changes
+    assert change.event_time == event_time  # passed on unchanged, once proven sound
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    [
+        "acme-shared",
+        "a.b-c",
+        "abc",
+        "a" * 63,
+        # Legacy us-east-1 names (before 2018: capitals, '_', up to 255): S3 still holds
+        # them. The configuration never names one, so sources.Trust refuses their events.
+        "Legacy_Bucket",
+        "b" * 255,
+        "logs--use1-az4--x-s3",  # a directory bucket
+    ],
+)
+def test_valid_bucket_names_accepted(bucket: str) -> None:
+    (change,) = parse_body(_records(_set(_record(), "s3.bucket.name", bucket))).changes
+    assert change.bucket == bucket
+
+
+@pytest.mark.parametrize(
+    ("etag", "expected"),
+    [
+        ("d41d8cd98f00b204e9800998ecf8427e", "d41d8cd98f00b204e9800998ecf8427e"),
+        ("D41D8CD98F00B204E9800998ECF8427E", "D41D8CD98F00B204E9800998ECF8427E"),
+        ("a1b2c3d4e5f60718293a4b5c6d7e8f90-9", "a1b2c3d4e5f60718293a4b5c6d7e8f90-9"),
+        ('"a1b2c3d4e5f60718293a4b5c6d7e8f90-10000"', "a1b2c3d4e5f60718293a4b5c6d7e8f90-10000"),
+    ],
+)
+def test_etags_hex_or_multipart(etag: str, expected: str) -> None:
+    (change,) = parse_body(_records(_record(eTag=etag))).changes
+    assert change.etag == expected
+
+
+@pytest.mark.parametrize(
+    "version_id",
+    ["null", "096fKKXTRTtl3on89fVO.nfljtsv6qko", "3HL4kqtJlcpXroDTDmJ+rmSpXd3d/IbrHY+M=_-"],
+)
+def test_printable_version_ids_accepted(version_id: str) -> None:
+    (change,) = parse_body(_records(_record(versionId=version_id))).changes
+    assert change.version_id == version_id
+
+
+@pytest.mark.parametrize(
+    "key", ["a\nb", "line\nERROR m: deleted x", "tab\there", "del\x7f", "bell\x07"]
+)
+def test_keys_with_control_characters_are_left_to_safe_path(key: str) -> None:
+    # Legal in S3; paths.safe_parts decides what may be written, the log escapes them.
+    (change,) = parse_body(_records(_record(key=quote_plus(key)))).changes
+    assert change.key == key
 
 
 @pytest.mark.parametrize(
@@ -434,6 +524,49 @@ MALFORMED: dict[str, str] = {
         {**_SNS_PUT, "Type": "SubscriptionConfirmation", "Message": "You have chosen..."}
     ),
     "sns-twice-wrapped": _sns_wrap(_sns_wrap(_PUT_BODY)),
+    # The envelope's TopicArn is what sources.Trust checks: it must be a topic's ARN.
+    "sns-topic-missing": _sns_wrap(_PUT_BODY, topic_arn=None),
+    "sns-topic-number": _sns_wrap(_PUT_BODY, topic_arn=7),
+    "sns-topic-empty": _sns_wrap(_PUT_BODY, topic_arn=""),
+    "sns-topic-not-an-arn": _sns_wrap(_PUT_BODY, topic_arn="arn:aws:sns:x"),
+    "sns-topic-a-queue": _sns_wrap(_PUT_BODY, topic_arn="arn:aws:sqs:eu-west-1:123456789012:q"),
+    "sns-topic-newline": _sns_wrap(_PUT_BODY, topic_arn=_TOPIC + "\nx"),
+    # Every field passed on (to logs, the ledger, a trigger's environment) is checked:
+    # S3 never sends these, so such a body is forged or broken and goes to the DLQ whole.
+    "event-source-missing": _bad("eventSource", _GONE),
+    "event-source-number": _bad("eventSource", 3),
+    "event-source-newline": _bad("eventSource", "aws:s3\nERROR x"),
+    "event-name-newline": _bad("eventName", "ObjectCreated:Put\nERROR m: deleted x"),
+    "event-name-nul": _bad("eventName", "ObjectCreated:Put\x00"),
+    "event-time-nul": _bad("eventTime", "2026-11-29T10:15:30.123Z\x00"),
+    "event-time-nul-inside": _bad("eventTime", "2026-11-29T10:15\x0030.123Z"),
+    "event-time-newline": _bad("eventTime", "2026-11-29T10:15:30.123Z\nERROR x"),
+    "event-time-words": _bad("eventTime", "yesterday"),
+    "event-time-no-zone": _bad("eventTime", "2026-11-29T10:15:30.123"),
+    "event-time-other-zone": _bad("eventTime", "2026-11-29T10:15:30.123+02:00"),
+    "event-time-date-only": _bad("eventTime", "2026-11-29"),
+    "event-time-month-13": _bad("eventTime", "2026-13-29T10:15:30.123Z"),
+    "event-time-feb-30": _bad("eventTime", "2026-02-30T10:15:30.123Z"),
+    "event-time-hour-24": _bad("eventTime", "2026-11-29T24:15:30.123Z"),
+    "event-time-arabic-digits": _bad("eventTime", "\u0662026-11-29T10:15:30.123Z"),
+    "event-time-too-long": _bad("eventTime", "2026-11-29T10:15:30." + "1" * 100 + "Z"),
+    "bucket-name-newline": _bad("s3.bucket.name", "acme-shared\nERROR"),
+    "bucket-name-nul": _bad("s3.bucket.name", "acme\x00shared"),
+    "bucket-name-slash": _bad("s3.bucket.name", "acme/shared"),
+    "bucket-name-space": _bad("s3.bucket.name", "acme shared"),
+    "bucket-name-short": _bad("s3.bucket.name", "ab"),
+    "bucket-name-long": _bad("s3.bucket.name", "b" * 256),
+    "bucket-name-leading-dot": _bad("s3.bucket.name", ".acme"),
+    "bucket-name-unicode": _bad("s3.bucket.name", "acm\u00e9"),
+    "etag-newline": _bad("s3.object.eTag", "d41d8cd98f00b204e9800998ecf8427e\n"),
+    "etag-not-hex": _bad("s3.object.eTag", "not-an-etag"),
+    "etag-bad-part-count": _bad("s3.object.eTag", "d41d8cd98f00b204e9800998ecf8427e-x"),
+    "etag-quote-inside": _bad("s3.object.eTag", 'd41d8"cd98f00b204'),
+    "version-id-nul": _bad("s3.object.versionId", "abc\x00"),
+    "version-id-newline": _bad("s3.object.versionId", "abc\nERROR"),
+    "version-id-space": _bad("s3.object.versionId", "a b"),
+    "version-id-unicode": _bad("s3.object.versionId", "v\u2028"),
+    "version-id-too-long": _bad("s3.object.versionId", "v" * 1025),
     "second-record-bad": _records(_record(), _set(_record(), "eventVersion", "3.0")),
     "nested-too-deep": "[" * 100_000,
 }

@@ -18,6 +18,7 @@ from s3pull import __version__
 from s3pull.config import Config, default_config_path, load_config
 from s3pull.errors import ConfigError
 from s3pull.identity import Identity
+from s3pull.logsafe import EscapingFormatter
 
 __all__ = ["main"]
 
@@ -30,6 +31,8 @@ EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h; the unit's RestartPreventE
 
 
 def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
+    # Every line escapes control characters (logsafe): a key or a command's output must
+    # not forge or rewrite a log line. journald's structured fields keep raw values.
     level = logging.DEBUG if verbose else logging.INFO
     handler: logging.Handler | None = None
     if os.environ.get("JOURNAL_STREAM"):
@@ -39,11 +42,11 @@ def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
             handler = structured_journal_handler()
         except ImportError:
             handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(EscapingFormatter("%(levelname)s %(message)s"))
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+            EscapingFormatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

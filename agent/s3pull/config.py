@@ -66,6 +66,9 @@ class QueueConfig:
     wait_time_seconds: int = 20
     visibility_timeout: int = 60
     max_receive_count: int = 5
+    # With `url`: the SNS topics whose envelopes are accepted; () = those the queue's
+    # policy lets send (sources.load_trust). With `topic_arn`, only that topic.
+    accept_topics: tuple[str, ...] = ()
 
     @property
     def topic_region(self) -> str | None:
@@ -245,10 +248,34 @@ def _queue(t: _Table, agent: AgentConfig) -> QueueConfig:
         wait_time_seconds=_int(t, "wait_time_seconds", 1, 20),
         visibility_timeout=_int(t, "visibility_timeout", 1, 43200),
         max_receive_count=_int(t, "max_receive_count", 1, 1000),
+        accept_topics=_accept_topics(t, topic_arn),
     )
     if topic_arn is not None:  # only then is the name used: check what it will become
         _check_queue_name(t, queue, agent.instance_id)
     return queue
+
+
+def _accept_topics(t: _Table, topic_arn: str | None) -> tuple[str, ...]:
+    topics = _present(t, "accept_topics", list, "an array of SNS topic ARNs")
+    if topics is None:
+        return ()
+    if topic_arn is not None:
+        raise t.invalid(
+            "accept_topics",
+            "is only for a fixed queue.url: with topic_arn, that topic alone is accepted",
+        )
+    if not topics:
+        raise t.invalid(
+            "accept_topics",
+            "must list at least one topic ARN; leave it out to accept the topics the queue's"
+            " policy lets send",
+        )
+    for i, topic in enumerate(topics):
+        if not isinstance(topic, str):
+            raise t.invalid(f"accept_topics[{i}]", f"must be a string, got {_describe(topic)}")
+        if (problem := _topic_arn_problem(topic)) is not None:
+            raise t.invalid(f"accept_topics[{i}]", problem)
+    return tuple(topics)
 
 
 def _check_queue_name(t: _Table, queue: QueueConfig, instance_id: str) -> None:

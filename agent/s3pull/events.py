@@ -6,6 +6,13 @@ Pure: no I/O, no logging. Three explicit steps, in the order the layers were put
 2. read the S3 document: an ``s3:TestEvent`` or a list of ``Records``;
 3. turn each record into a frozen :class:`ObjectChange`, decoding the key exactly once.
 
+Every field passed on is checked for the shape S3 gives it (event time, bucket, ETag,
+version id, sequencer, event name and source): they reach log lines, the ledger and a
+trigger command's environment. The key is the exception: S3 keys may hold any character,
+control characters included, and ``paths.safe_parts`` decides what may be written.
+Where a message came from (its topic, its ``eventSource``, its bucket) is reported here
+and judged by ``sources.Trust``, which knows the configuration.
+
 Every shape and field used here is documented in the Amazon S3 User Guide, "Event message
 structure" (notification-content-structure.html) and "Supported event types"
 (notification-how-to-event-types-and-destinations.html).
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 from urllib.parse import unquote_plus
 
@@ -45,6 +53,7 @@ class ObjectChange:
     etag: str | None = None
     version_id: str | None = None
     sequencer: str | None = None
+    event_source: str = "aws:s3"  # the record's eventSource, judged by sources.Trust
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +61,14 @@ class Notification:
     """Everything one SQS message body said.
 
     ``changes`` keeps record order; ``ignored`` holds the ``eventName`` of well-formed records
-    we do not act on, so the caller can log them; ``test_event`` is set for ``s3:TestEvent``.
+    we do not act on, so the caller can log them; ``test_event`` is set for ``s3:TestEvent``;
+    ``topic_arn`` is the SNS envelope's topic, None for a raw-delivery body (no envelope).
     """
 
     changes: tuple[ObjectChange, ...]
     test_event: bool = False
     ignored: tuple[str, ...] = ()
+    topic_arn: str | None = None
 
 
 # "Supported event types": the event name's family decides what happened to the object.
@@ -83,6 +94,28 @@ _EVENT_VERSION = re.compile(r"2\.[0-9]+")
 # value"; PUT and DELETE events carry one.
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 
+# The shapes of the other fields passed on. ASCII classes only: re's \d would take any
+# Unicode digit.
+# "eventTime": ISO 8601 in UTC, as S3 sends it (2026-11-29T10:15:30.123Z); moto and
+# LocalStack send the same form. Up to nanoseconds, 'Z' or '+00:00'.
+_EVENT_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.[0-9]{1,9})?(?:Z|\+00:00)"
+)
+# Bucket naming rules, widened to the legacy us-east-1 names S3 still holds (capitals,
+# '_', up to 255 characters): such a name is a valid bucket, just never a configured one.
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}")
+# An MD5 in hex, or for multipart uploads the MD5 of the parts' MD5s, '-' and their count.
+_ETAG = re.compile(r"[0-9A-Fa-f]+(?:-[0-9]+)?")
+# Version ids are URL-safe printable ASCII ("null" for an unversioned object).
+_VERSION_ID = re.compile(r"[!-~]{1,1024}")
+# "ObjectCreated:Put", "LifecycleTransition", "Replication:OperationFailedReplication"...
+_EVENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}")
+# "aws:s3" from S3; anything else of this shape is well-formed and refused by Trust.
+_EVENT_SOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}")
+# SNS TopicArn (arn:PARTITION:sns:REGION:ACCOUNT:NAME, ".fifo" for FIFO topics).
+_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+
 
 def parse_body(body: str) -> Notification:
     """Parse one SQS message body (SNS-wrapped or raw S3 JSON).
@@ -91,10 +124,10 @@ def parse_body(body: str) -> Notification:
     spoils the whole body: the message is then left to reach the dead-letter queue, where
     the evidence stays.
     """
-    document = _unwrap_envelope(_load_object(body, "body"))
+    topic_arn, document = _unwrap_envelope(_load_object(body, "body"))
     if document.get("Event") == _TEST_EVENT:
         # Sent once when a notification configuration is saved; it names no object.
-        return Notification(changes=(), test_event=True)
+        return Notification(changes=(), test_event=True, topic_arn=topic_arn)
 
     changes: list[ObjectChange] = []
     ignored: list[str] = []
@@ -104,7 +137,7 @@ def parse_body(body: str) -> Notification:
             ignored.append(event_name)
         else:
             changes.append(change)
-    return Notification(changes=tuple(changes), ignored=tuple(ignored))
+    return Notification(changes=tuple(changes), ignored=tuple(ignored), topic_arn=topic_arn)
 
 
 def sequencer_newer(candidate: str, current: str) -> bool:
@@ -126,19 +159,22 @@ def sequencer_newer(candidate: str, current: str) -> bool:
 # Step 1: the SNS envelope.
 
 
-def _unwrap_envelope(document: dict[str, object]) -> dict[str, object]:
-    """Return the S3 document, out of its SNS envelope when it came in one.
+def _unwrap_envelope(document: dict[str, object]) -> tuple[str | None, dict[str, object]]:
+    """Return the envelope's topic (None without one) and the S3 document.
 
     Without raw message delivery, SNS puts the S3 JSON, as a string, in ``Message`` of an
-    envelope whose ``Type`` is ``Notification`` (SNS Developer Guide, "Amazon SNS message
-    and JSON formats").
+    envelope whose ``Type`` is ``Notification``, and names the topic in ``TopicArn``
+    (SNS Developer Guide, "Amazon SNS message and JSON formats").
     """
     if document.get("Type") != "Notification":
-        return document
+        return None, document
+    topic_arn = _required_str(document, "TopicArn", "SNS")
+    if not _TOPIC_ARN.fullmatch(topic_arn):
+        raise UnparseableBody(f"SNS.TopicArn: {_show(topic_arn)} is not an SNS topic ARN")
     message = document.get("Message")
     if not isinstance(message, str):
         raise UnparseableBody(f"SNS Message: expected a string, got {_type_name(message)}")
-    return _load_object(message, "SNS Message")
+    return topic_arn, _load_object(message, "SNS Message")
 
 
 # Step 2: the S3 document.
@@ -160,21 +196,33 @@ def _to_change(record: object, where: str) -> tuple[str, ObjectChange | None]:
     Records we do not act on are validated too: "well-formed" is the same rule for all.
     """
     fields = _as_object(record, where)
-    event_name = _required_str(fields, "eventName", where)
+    event_name = _shaped(
+        _required_str(fields, "eventName", where), _EVENT_NAME, f"{where}.eventName"
+    )
     version = _required_str(fields, "eventVersion", where)
     if not _EVENT_VERSION.fullmatch(version):
         raise UnparseableBody(f"{where}.eventVersion: {_show(version)} is not 2.x")
-    event_time = _required_str(fields, "eventTime", where)
+    event_source = _shaped(
+        _required_str(fields, "eventSource", where), _EVENT_SOURCE, f"{where}.eventSource"
+    )
+    event_time = _event_time(_required_str(fields, "eventTime", where), f"{where}.eventTime")
 
     s3 = _required_object(fields, "s3", where)
     bucket = _required_object(s3, "bucket", f"{where}.s3")
     obj = _required_object(s3, "object", f"{where}.s3")
     where_object = f"{where}.s3.object"
-    bucket_name = _required_str(bucket, "name", f"{where}.s3.bucket")
+    where_bucket = f"{where}.s3.bucket.name"
+    bucket_name = _shaped(
+        _required_str(bucket, "name", f"{where}.s3.bucket"), _BUCKET, where_bucket
+    )
     key = _decode_key(_required_str(obj, "key", where_object), f"{where_object}.key")
     size = _optional_int(obj, "size", where_object)
-    etag = _optional_str(obj, "eTag", where_object)
+    etag = _strip_quotes(_optional_str(obj, "eTag", where_object))
+    if etag is not None:
+        _shaped(etag, _ETAG, f"{where_object}.eTag")
     version_id = _optional_str(obj, "versionId", where_object)
+    if version_id is not None:
+        _shaped(version_id, _VERSION_ID, f"{where_object}.versionId")
     sequencer = _optional_str(obj, "sequencer", where_object)
     if sequencer is not None and not _HEX.fullmatch(sequencer):
         raise UnparseableBody(f"{where_object}.sequencer: {_show(sequencer)} is not hexadecimal")
@@ -189,11 +237,38 @@ def _to_change(record: object, where: str) -> tuple[str, ObjectChange | None]:
         key=key,
         event_time=event_time,
         size=size,
-        etag=_strip_quotes(etag),
+        etag=etag,
         version_id=version_id,
         sequencer=sequencer,
+        event_source=event_source,
     )
     return event_name, change
+
+
+def _shaped(value: str, shape: re.Pattern[str], where: str) -> str:
+    if not shape.fullmatch(value):
+        raise UnparseableBody(f"{where}: {_show(value)} is not what S3 sends")
+    return value
+
+
+def _event_time(value: str, where: str) -> str:
+    """Check that ``value`` is an ISO 8601 UTC time that exists; return it unchanged.
+
+    It is passed on as it came (a trigger command sees it as ``S3PULL_EVENT_TIME``), so
+    it must be one: a NUL in it made every run fail at exec, a month 13 would reach the
+    command as a date.
+    """
+    match = _EVENT_TIME.fullmatch(value)
+    try:
+        if match is None:
+            raise ValueError("not YYYY-MM-DDThh:mm:ss[.fff]Z")
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        datetime(year, month, day, hour, minute, second)
+    except ValueError as exc:
+        raise UnparseableBody(
+            f"{where}: {_show(value)} is not an ISO 8601 UTC time ({exc})"
+        ) from None
+    return value
 
 
 def _decode_key(encoded: str, where: str) -> str:

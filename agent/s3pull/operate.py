@@ -10,6 +10,7 @@ from s3pull.aws import open_clients
 from s3pull.config import Config
 from s3pull.errors import UnparseableBody
 from s3pull.events import parse_body
+from s3pull.logsafe import escape_controls, escape_strings
 from s3pull.status import process_alive, queue_depths, read_snapshot, verdict
 
 __all__ = ["dlq_list_command", "dlq_redrive_command", "status_command"]
@@ -60,6 +61,8 @@ async def status_command(config: Config, queue_url: str | None, as_json: bool) -
 def _print_status(
     word: str, alive: bool, snapshot: dict[str, Any] | None, queues: list[dict[str, Any]]
 ) -> None:
+    # Keys, reasons and errors come from events and S3: one line each, escaped.
+    snapshot, queues = escape_strings(snapshot), escape_strings(queues)
     print(f"s3pull: {word}")
     if snapshot is None:
         print("  daemon        has never run with this state directory")
@@ -112,7 +115,7 @@ def _print_status(
         )
     for refusal in snapshot.get("refused", [])[-5:]:
         print(
-            f"  refused       {refusal['where']}: {refusal['key']!r}: {refusal['reason']}"
+            f"  refused       {refusal['where']}: '{refusal['key']}': {refusal['reason']}"
             f" ({_ago(refusal['at'])})"
         )
     for error in snapshot.get("errors", [])[-5:]:
@@ -183,7 +186,7 @@ async def dlq_list_command(config: Config, queue_url: str, most: int, as_json: b
     else:
         print(f"{len(rows)} dead-lettered message(s) in {dead_url.rsplit('/', 1)[-1]}")
         for row in rows:
-            print(f"  {row['message_id']}  {row['sent']}  {row['summary']}")
+            print(f"  {row['message_id']}  {row['sent']}  {escape_controls(row['summary'])}")
     return 0
 
 
