@@ -29,6 +29,7 @@ from s3pull.inbox import Inbox, Message
 from s3pull.ledger import Ledger
 from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Applied, Mirror
+from s3pull.sources import Trust
 from s3pull.status import Stats
 from s3pull.stopping import StopSignal
 from s3pull.trigger import Trigger
@@ -94,7 +95,7 @@ async def room(tmp_path: Path, pipeline: Pipeline) -> AsyncIterator[Room]:
         mirrors = [Mirror(config.mirrors[0], clients.s3, ledger, recorder)]
         triggers = [Trigger(config.triggers[0], clients.s3, ledger, 4, recorder)]
         inbox = Inbox(clients.sqs, pipeline.queue_url, 1, 2)
-        dispatcher = Dispatcher(recorder, 4)
+        dispatcher = Dispatcher(recorder, 4, Trust.from_config(config))
         consumer = Consumer(inbox, mirrors, triggers)
         yield Room(config, clients, ledger, stats, recorder, dispatcher, consumer, mirrors[0])
     ledger.close()
@@ -194,6 +195,33 @@ async def test_an_unsafe_key_is_refused_and_its_message_deleted(
     assert room.stats.refused == 1
     assert not (tmp_path / "escaped.txt").exists()
     assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+async def test_a_record_from_an_unconfigured_bucket_is_refused_and_deleted(
+    room: Room, sqs: Any, pipeline: Pipeline, s3: Any
+) -> None:
+    body = {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventTime": "2026-11-30T10:00:00.000Z",
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "someone-elses"}, "object": {"key": "data/x.txt"}},
+            }
+        ]
+    }
+    sqs.send_message(QueueUrl=pipeline.queue_url, MessageBody=json.dumps(body))
+    message = await room.receive_one()
+    # The same key in the configured bucket: believed, the event would fetch it.
+    s3.put_object(Bucket=pipeline.bucket, Key="data/x.txt", Body=b"x")
+
+    assert await room.dispatcher.handle(room.consumer, message) == "acknowledged"
+    await room.flush_deletes()
+
+    assert queue_depth(pipeline, pipeline.queue_url) == 1  # only the real upload's event
+    assert room.stats.refused == 1 and room.stats.applied == 0
+    assert not (room.mirror.config.directory / "x.txt").exists()
 
 
 async def test_a_drain_past_its_deadline_hands_the_message_back_at_once(

@@ -5,9 +5,7 @@ moto, bodies through the real S3 -> SNS -> SQS path, and forged ones sent beside
   body unparseable: it never reaches a trigger command and ends in the dead-letter queue
   byte for byte.
 - Only the configured topics, ``aws:s3`` and configured buckets are accepted; the rest is
-  refused, logged and deleted. NEEDS WIRING: the dispatcher must call ``Trust.judge``
-  (see sources.py); until then the test is a strict xfail, so wiring it makes it pass and
-  the marker must go.
+  refused, logged and deleted.
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from conftest import Agent, queue_depth, render_config, wait_until
 from faults_conftest import dead_letters
@@ -72,11 +68,6 @@ def _envelope(topic_arn: str, body: str) -> str:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs wiring: the dispatcher must call sources.load_trust at start and "
-    "Trust.judge per message (daemon.py is being split; see sources.py)",
-)
 def test_only_configured_topics_sources_and_buckets_are_applied(
     moto_endpoint: str,
     s3: Any,

@@ -26,6 +26,7 @@ from s3pull.notify import Notifier
 from s3pull.paths import remove_leftover_temp_files
 from s3pull.provision import OwnQueue
 from s3pull.reconcile import bootstrap
+from s3pull.sources import Trust, load_trust
 from s3pull.status import Stats, write_snapshot
 from s3pull.stopping import StopSignal, attempt
 from s3pull.trigger import Trigger
@@ -67,7 +68,9 @@ class Daemon:
         self._deprovision_on_exit = False
 
     def _new_dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.recorder, self.config.agent.concurrency, self._set_phase)
+        # Until the queue policy is read, only what the configuration names is trusted.
+        trust = Trust.from_config(self.config)
+        return Dispatcher(self.recorder, self.config.agent.concurrency, trust, self._set_phase)
 
     # -- signals ---------------------------------------------------------------------
 
@@ -172,6 +175,15 @@ class Daemon:
             return
         consumers = self._consumers(clients, queue_url, own, mirrors, triggers)
         self.stats.queue_urls = [c.inbox.queue_url for c in consumers]
+        trust = await self.stop.retrying(
+            "reading the queue policy",
+            functools.partial(load_trust, clients.sqs, self.config, self.stats.queue_urls),
+            self._set_phase,
+        )
+        if trust is None:  # stopped first
+            await _cancel(helpers)
+            return
+        self.dispatcher.trust = trust
         deleters = [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
         if own.provisioned:
             ours = consumers[0].inbox

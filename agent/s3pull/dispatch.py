@@ -26,6 +26,7 @@ from s3pull.logfields import journal_fields
 from s3pull.metrics import Recorder
 from s3pull.mirror import Mirror
 from s3pull.provision import OwnQueue, is_missing_queue
+from s3pull.sources import Trust
 from s3pull.stopping import StopSignal
 from s3pull.trigger import Trigger
 
@@ -64,9 +65,13 @@ class Dispatcher:
         self,
         recorder: Recorder,
         concurrency: int,
+        trust: Trust,
         on_phase: Callable[[str], None] | None = None,
     ) -> None:
         self._recorder = recorder
+        # Which topics, event sources and buckets are believed; the daemon replaces it
+        # once it has read the queue policy.
+        self.trust = trust
         self._on_phase = on_phase or (lambda _phase: None)
         self._key_locks = KeyLocks()
         self._transfers = asyncio.Semaphore(concurrency)
@@ -172,6 +177,12 @@ class Dispatcher:
                 exc,
             )
             return "unparseable"
+        verdict = self.trust.judge(notification)
+        for refusal in verdict.refusals:
+            # Sending it again cannot make it come from elsewhere: refused, then deleted.
+            self._recorder.source_refused(refusal.key, refusal.reason)
+            log.warning("message %s: refused %s", message.message_id, refusal)
+        notification = verdict.accepted
         if notification.test_event:
             log.info("message %s: s3:TestEvent acknowledged", message.message_id)
         for event_name in notification.ignored:

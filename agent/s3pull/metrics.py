@@ -95,6 +95,11 @@ class Recorder:
         self.stats.refusal(mirror, refusal.key, refusal.reason)
         self.metrics.refused.labels(mirror).inc()
 
+    def source_refused(self, key: str, reason: str) -> None:
+        """A message or record from a source not accepted (topic, eventSource, bucket)."""
+        self.stats.refusal("source", key, reason)
+        self.metrics.refused.labels("source").inc()
+
     def error(self, cause: str, message: str) -> None:
         self.stats.error(message)
         self.metrics.errors.labels(cause).inc()
