@@ -294,16 +294,48 @@ async def _relay(stream: asyncio.StreamReader, tag: str) -> None:
 
 
 async def _stop_group(process: asyncio.subprocess.Process, tag: str) -> None:
-    """SIGTERM the whole process group, wait a grace period, then SIGKILL it."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
+    """SIGTERM the whole process group, wait a grace period, then SIGKILL it.
+
+    The group is named by the leader's pid, and that number is only ours while the leader
+    is unreaped or something it started is still in the group. Once the group is empty the
+    kernel may hand the number to a process that starts a group of its own (pid_max is
+    32768 on many machines), so after the leader's exit the group is signalled only if it
+    still has members and none of them holds the leader's pid: a group that reused the
+    number would be led by a process with that pid.
+    """
+
+    def signal_group(signum: signal.Signals) -> None:
+        if process.returncode is not None:
+            members = _group_members(process.pid)
+            if not members or process.pid in members:
+                return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
             log.info("%s: sent %s to process group %d", tag, signum.name, process.pid)
+
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        signal_group(signum)
         try:
             await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
         except TimeoutError:
             continue
         # The leader is gone; make sure nothing it started lingers in the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        signal_group(signal.SIGKILL)
         return
+
+
+def _group_members(pgid: int) -> set[int]:
+    """The pids of the processes in process group ``pgid``, from /proc."""
+    members = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:  # exited since the listing
+            continue
+        if int(fields[2]) == pgid:
+            members.add(int(entry.name))
+    return members
