@@ -280,6 +280,7 @@ class Trigger:
         ]
         try:
             code = await asyncio.wait_for(process.wait(), self.config.timeout_seconds)
+            group.leader_reaped = True
             # Exit 0 or not, nothing it started outlives it (a daemonised child that
             # made a session of its own is beyond reach here; systemd's cgroup is not).
             if left := await asyncio.to_thread(group.members):
@@ -369,6 +370,7 @@ class _ProcessGroup:
 
     def __init__(self, pid: int) -> None:
         self.id = pid
+        self.leader_reaped = False
         self._pidfd: int | None
         try:
             self._pidfd = os.pidfd_open(pid)
@@ -383,7 +385,12 @@ class _ProcessGroup:
             os.close(pidfd)
 
     def members(self) -> int:
-        """How many live (not zombie) processes are in the group, from /proc."""
+        """How many live (not zombie) processes are in the group, from /proc.
+
+        Once the leader is reaped, a live process with its pid is a stranger that was
+        given the free number: the kernel reuses no pid still naming a group, so ours was
+        empty then, and nothing joins a group from outside it. It counts as none.
+        """
         count = 0
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -394,8 +401,11 @@ class _ProcessGroup:
                     fields = stat.read().rsplit(b")", 1)[1].split()
             except (OSError, IndexError):
                 continue  # gone meanwhile
-            if fields[0] != b"Z" and int(fields[2]) == self.id:
-                count += 1
+            if fields[0] == b"Z" or int(fields[2]) != self.id:
+                continue
+            if self.leader_reaped and int(entry.name) == self.id:
+                return 0
+            count += 1
         return count
 
     def signal(self, signum: signal.Signals) -> bool:
