@@ -119,8 +119,12 @@ def test_create_same_size_overwrite_and_delete_through_notifications(
     assert target.stat().st_mtime == int(modified.timestamp())
 
     s3.delete_object(Bucket=pipeline.bucket, Key=key)
-    wait_until(lambda: not target.exists(), what="delete")
-    assert not (mirror_dir / "reports").exists(), "emptied directory is pruned"
+    # The file goes first, then the directory it emptied: wait for both, or the check
+    # can land between the unlink and the rmdir (seen once in a fresh-clone run).
+    wait_until(
+        lambda: not target.exists() and not (mirror_dir / "reports").exists(),
+        what="delete, and the emptied directory pruned",
+    )
     assert not list(mirror_dir.rglob(f"{TEMP_PREFIX}*"))
     # Every applied message was deleted from the queue; nothing reached the dead letters.
     wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
