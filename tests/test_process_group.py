@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from s3pull.trigger import _ProcessGroup, _stop_group
+from s3pull.command import ProcessGroup, stop_group
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 LONG_SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -59,12 +59,10 @@ def test_stopping_a_command_never_kills_a_group_that_took_its_id_after_it_exited
     if not os.access(NS_LAST_PID, os.W_OK):
         pytest.skip("choosing the next pid needs root (/proc/sys/kernel/ns_last_pid)")
 
-    async def command_exited_then_stranger() -> tuple[
-        _ProcessGroup, subprocess.Popen[bytes] | None
-    ]:
+    async def command_exited_then_stranger() -> tuple[ProcessGroup, subprocess.Popen[bytes] | None]:
         # Exits at SIGTERM, leaving nothing behind: once reaped, its pid is free.
         command = await asyncio.create_subprocess_exec(*LONG_SLEEP, start_new_session=True)
-        group = _ProcessGroup(command.pid)
+        group = ProcessGroup(command.pid)
         if through == "killpg":
             group.close()  # as on a kernel before 6.9, where no pidfd names a group
         command.terminate()
@@ -74,8 +72,8 @@ def test_stopping_a_command_never_kills_a_group_that_took_its_id_after_it_exited
         # a process group and is given the freed number.
         return group, new_group_with_pid(command.pid)
 
-    async def stop(group: _ProcessGroup) -> None:
-        await _stop_group(group, "test")
+    async def stop(group: ProcessGroup) -> None:
+        await stop_group(group, "test")
 
     group, stranger = asyncio.run(command_exited_then_stranger())
     if stranger is None:
@@ -110,7 +108,7 @@ def test_stopping_a_command_still_kills_what_it_left_in_its_group(tmp_path: Path
         )
         try:
             await asyncio.to_thread(wait_until, pidfile.exists, 30, "the child to start")
-            await _stop_group(_ProcessGroup(command.pid), "test")
+            await stop_group(ProcessGroup(command.pid), "test")
         finally:
             if command.returncode is None:
                 command.kill()

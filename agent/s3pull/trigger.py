@@ -11,11 +11,8 @@ receives, is dead-lettered.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any, Final, Literal, NamedTuple
 from botocore.exceptions import ClientError
 
 from s3pull.aws import is_missing
+from s3pull.command import clean_environment, run_command
 from s3pull.config import MirrorConfig, TriggerConfig
 from s3pull.errors import S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
@@ -42,16 +40,9 @@ TriggerOutcome = Literal[
     "marker-gone",  # the marker was deleted before we got to it: the batch was withdrawn
 ]
 
-KILL_GRACE_SECONDS: Final = 10.0  # SIGTERM -> this long -> SIGKILL
-GROUP_POLL_SECONDS: Final = 0.1  # how often a stopping process group is looked at
-PIDFD_SIGNAL_PROCESS_GROUP: Final = 4  # linux/pidfd.h, Linux 6.9 and later
-# What a command inherits from the agent besides LC_*: never credentials (AWS_*) or
-# anything else the agent was started with (SPEC "Round 2": trigger commands).
-INHERITED_VARIABLES: Final = frozenset({"PATH", "HOME", "LANG", "TZ"})
 MANIFEST_POLL_FIRST: Final = 0.5
 MANIFEST_POLL_MAX: Final = 5.0
 MANIFEST_MAX_BYTES: Final = 1 << 20
-RELAY_CHUNK: Final = 1 << 16
 _ETAG = re.compile(r'^"?([0-9a-fA-F]{32}(-\d+)?)"?$')
 
 
@@ -245,71 +236,25 @@ class Trigger:
     async def _run_command(
         self, change: ObjectChange, batch_prefix: str, batch_dir: Path, tag: str
     ) -> None:
-        env = {
-            **{
-                name: value
-                for name, value in os.environ.items()
-                if name in INHERITED_VARIABLES or name.startswith("LC_")
-            },
-            **dict(self.config.environment),
-            "S3PULL_TRIGGER": self.name,
-            "S3PULL_BUCKET": change.bucket,
-            "S3PULL_KEY": change.key,
-            "S3PULL_BATCH_PREFIX": batch_prefix,
-            "S3PULL_BATCH_DIR": str(batch_dir),
-            "S3PULL_EVENT_TIME": change.event_time,
-        }
+        env = clean_environment(
+            {
+                **dict(self.config.environment),
+                "S3PULL_TRIGGER": self.name,
+                "S3PULL_BUCKET": change.bucket,
+                "S3PULL_KEY": change.key,
+                "S3PULL_BATCH_PREFIX": batch_prefix,
+                "S3PULL_BATCH_DIR": str(batch_dir),
+                "S3PULL_EVENT_TIME": change.event_time,
+            }
+        )
         started = time.monotonic()
         log.info("%s: running %s", tag, self.config.command[0])
-        # No shell: argv exactly as configured. A session of its own makes the command
-        # the leader of a process group, so a timeout can stop everything it started.
-        process = await asyncio.create_subprocess_exec(
-            *self.config.command,
-            cwd=batch_dir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        group = _ProcessGroup(process.pid)
-        assert process.stdout is not None and process.stderr is not None
-        relays = [
-            asyncio.create_task(_relay(process.stdout, f"{tag} [stdout]")),
-            asyncio.create_task(_relay(process.stderr, f"{tag} [stderr]")),
-        ]
         try:
-            code = await asyncio.wait_for(process.wait(), self.config.timeout_seconds)
-            group.leader_reaped = True
-            # Exit 0 or not, nothing it started outlives it (a daemonised child that
-            # made a session of its own is beyond reach here; systemd's cgroup is not).
-            if left := await asyncio.to_thread(group.members):
-                log.warning(
-                    "%s: the command left %d process(es) running, stopping its process group",
-                    tag,
-                    left,
-                )
-                await asyncio.shield(_stop_group(group, tag))
-        except TimeoutError:
-            log.error(
-                "%s: timed out after %d s, stopping its process group",
-                tag,
-                self.config.timeout_seconds,
+            code = await run_command(
+                self.config.command, batch_dir, env, self.config.timeout_seconds, tag
             )
-            await _stop_group(group, tag)
-            await process.wait()
+        except TimeoutError:
             raise TriggerFailed(f"{tag}: timed out after {self.config.timeout_seconds} s") from None
-        except asyncio.CancelledError:
-            log.warning("%s: agent stopping, stopping the command's process group", tag)
-            await asyncio.shield(_stop_group(group, tag))
-            raise
-        finally:
-            group.close()
-            # Output still held open by a child that outlived the command is not ours
-            # to wait for.
-            _done, pending = await asyncio.wait(relays, timeout=1.0)
-            for relay in pending:
-                relay.cancel()
         elapsed = time.monotonic() - started
         if code != 0:
             raise TriggerFailed(f"{tag}: command exited with status {code} after {elapsed:.1f} s")
@@ -338,106 +283,3 @@ def _missing(manifest: Manifest, batch_prefix: str, objects: list[RemoteObject])
         if (batch_prefix + name) not in present
         or (etag is not None and (present[batch_prefix + name] or "").lower() != etag)
     ]
-
-
-async def _relay(stream: asyncio.StreamReader, tag: str) -> None:
-    """Log a command's output line by line. Read in chunks rather than readline(): a line
-    over the reader's limit would stop the relay, fill the pipe and hang the command."""
-    pending = b""
-    while chunk := await stream.read(RELAY_CHUNK):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if len(pending) >= RELAY_CHUNK:  # an endless line: log it in pieces
-            lines.append(pending)
-            pending = b""
-        for line in lines:
-            log.info("%s %s", tag, line.decode("utf-8", errors="replace").rstrip())
-    if pending:
-        log.info("%s %s", tag, pending.decode("utf-8", errors="replace").rstrip())
-
-
-class _ProcessGroup:
-    """The process group a command leads (its id is the command's pid), signalled so
-    that a stranger never is.
-
-    Once the leader is reaped its pid stays taken only while a member of the group
-    lives; after that the kernel may give the number to an unrelated process, which may
-    lead a group of its own. So the group is signalled through a pidfd taken while the
-    leader was ours (Linux 6.9+: it names this group and no later one), and elsewhere by
-    ``killpg`` only right after /proc shows a live member, which keeps the number
-    taken. What is left is the moment between that look and the signal.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.id = pid
-        self.leader_reaped = False
-        self._pidfd: int | None
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except OSError:  # already reaped (it was quick), or no pidfd on this kernel
-            self._pidfd = None
-
-    def close(self) -> None:
-        # Cleared first: a stop still running after this falls back to killpg, and never
-        # uses a descriptor number that may have been reused.
-        pidfd, self._pidfd = self._pidfd, None
-        if pidfd is not None:
-            os.close(pidfd)
-
-    def members(self) -> int:
-        """How many live (not zombie) processes are in the group, from /proc.
-
-        Once the leader is reaped, a live process with its pid is a stranger that was
-        given the free number: the kernel reuses no pid still naming a group, so ours was
-        empty then, and nothing joins a group from outside it. It counts as none.
-        """
-        count = 0
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                    # "pid (comm) state ppid pgrp ...": comm may hold spaces and ")".
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # gone meanwhile
-            if fields[0] == b"Z" or int(fields[2]) != self.id:
-                continue
-            if self.leader_reaped and int(entry.name) == self.id:
-                return 0
-            count += 1
-        return count
-
-    def signal(self, signum: signal.Signals) -> bool:
-        """Send ``signum`` to the group; False when it has no member left."""
-        if self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signum, None, PIDFD_SIGNAL_PROCESS_GROUP)
-                return True
-            except ProcessLookupError:
-                return False
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self.close()  # a kernel before 6.9: no group signals through a pidfd
-        if not self.members():
-            return False
-        try:
-            os.killpg(self.id, signum)
-        except ProcessLookupError:
-            return False
-        return True
-
-
-async def _stop_group(group: _ProcessGroup, tag: str) -> None:
-    """SIGTERM the whole process group, wait a grace period, then SIGKILL what is left."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        if not await asyncio.to_thread(group.members):
-            return
-        if group.signal(signum):
-            log.info("%s: sent %s to process group %d", tag, signum.name, group.id)
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
-        while time.monotonic() < deadline:
-            await asyncio.sleep(GROUP_POLL_SECONDS)
-            if not await asyncio.to_thread(group.members):
-                return

@@ -13,10 +13,10 @@ from types import ModuleType
 
 import pytest
 
+from s3pull.command import KILL_GRACE_SECONDS
 from s3pull.config import parse_config
 from s3pull.daemon import DELETE_DEADLINE_SECONDS, DRAIN_DEADLINE_SECONDS
 from s3pull.errors import ConfigError
-from s3pull.trigger import KILL_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging"
