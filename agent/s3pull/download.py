@@ -18,7 +18,7 @@ from typing import Any, Final
 import aiohttp
 from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
-from s3pull.aws import error_code, is_missing
+from s3pull.aws import error_code, is_gone
 from s3pull.errors import S3PullError
 from s3pull.paths import AtomicWriter
 
@@ -106,7 +106,7 @@ async def download(
         except ClientError as exc:
             if error_code(exc) in ("304", "NotModified"):
                 return NOT_MODIFIED
-            if is_missing(exc):
+            if await is_gone(s3, bucket, key, exc):
                 return GONE
             raise
         try:

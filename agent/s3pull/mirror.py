@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
-from s3pull.aws import is_missing
+from s3pull.aws import is_gone
 from s3pull.config import MirrorConfig
 from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, mtime_ns
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
@@ -214,11 +214,12 @@ class Mirror:
         return await self._fetch(change.key, parts, entry, change)
 
     async def _still_exists(self, key: str) -> bool:
-        """HEAD the object: a remove event is only believed once S3 agrees."""
+        """HEAD the object: a remove event is only believed once S3 agrees (a 403 once
+        a listing agrees too: see ``is_gone``)."""
         try:
             await self._s3.head_object(Bucket=self.config.bucket, Key=key)
         except ClientError as exc:
-            if is_missing(exc):
+            if await is_gone(self._s3, self.config.bucket, key, exc):
                 return False
             raise
         return True

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from botocore.exceptions import ClientError
 
-from s3pull.aws import is_missing
+from s3pull.aws import is_gone
 from s3pull.command import clean_environment, run_command
 from s3pull.config import MirrorConfig, TriggerConfig
 from s3pull.errors import S3PullError, UnsafeKey
@@ -187,7 +187,7 @@ class Trigger:
         try:
             response = await self._s3.get_object(Bucket=self.config.bucket, Key=change.key)
         except ClientError as exc:
-            if is_missing(exc):
+            if await is_gone(self._s3, self.config.bucket, change.key, exc):
                 raise _Skip("marker-gone") from None
             raise
         async with response["Body"] as body:
