@@ -20,6 +20,12 @@ what happens to a request. A rule is active until it has been applied ``times`` 
 ``reset``     forward the headers and ``fraction`` of the body, then reset the connection
 ``blackhole`` read the request and never answer (until the client gives up)
 ``refuse``    read the request and reset the connection without a word
+``forbid-missing`` forward, but answer a 404 with ``403 AccessDenied``: what S3 says for a
+              missing key to a role without ``s3:ListBucket`` on its prefix (S3 API
+              reference, GetObject and HeadObject, "Permissions"). moto enforces no IAM.
+
+``key_prefix`` matches an object's key, or the ``prefix`` of a ListObjectsV2 request: a
+403 rule on a listing stands for ``s3:ListBucket`` granted only outside that prefix.
 """
 
 from __future__ import annotations
@@ -35,11 +41,11 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["FaultProxy", "Request", "Rule"]
 
-Action = Literal["pass", "error", "reset", "blackhole", "refuse"]
+Action = Literal["pass", "error", "reset", "blackhole", "refuse", "forbid-missing"]
 
 HEAD_LIMIT = 1 << 20  # request/response heads (and chunk-size lines) longer than this: bug
 PIECE = 64 * 1024  # body forwarding granularity (throttling and cuts work at this size)
@@ -63,7 +69,7 @@ class Request:
     operation: str  # "GetObject", "ReceiveMessage"...
     method: str
     path: str
-    key: str | None  # S3 object key (decoded), None for bucket-level and non-S3 requests
+    key: str | None  # S3 object key (decoded), a listing's prefix, None for the rest
 
 
 @dataclass(eq=False)
@@ -127,7 +133,8 @@ def classify(method: str, target: str, headers: dict[str, str]) -> Request:
             }.get(method, f"{method}Object")
             return Request(service, operation, method, path, unquote(key))
         if method == "GET" and "list-type=2" in query:
-            return Request(service, "ListObjectsV2", method, path, None)
+            prefix = parse_qs(query).get("prefix", [""])[0]
+            return Request(service, "ListObjectsV2", method, path, prefix)
         return Request(service, f"{method}Bucket" if bucket else method, method, path, None)
     return Request(service, method, method, path, None)
 
@@ -373,7 +380,7 @@ class FaultProxy:
             )
             await upstream_writer.drain()
             return await self._relay_response(
-                upstream_reader, writer, method, rule, cut=action == "reset"
+                upstream_reader, writer, request, rule, cut=action == "reset"
             )
         finally:
             upstream_writer.close()
@@ -382,14 +389,20 @@ class FaultProxy:
         self,
         upstream: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        method: str,
+        request: Request,
         rule: Rule | None,
         cut: bool,
     ) -> bool:
+        method = request.method
         response = _Head(await upstream.readuntil(b"\r\n\r\n"))
         status = int(response.first.split(" ", 2)[1])
         length_header = response.get("content-length")
         chunked = "chunked" in (response.get("transfer-encoding") or "").lower()
+        if status == 404 and rule is not None and rule.action == "forbid-missing":
+            # The upstream closes after this response: its body need not be read.
+            writer.write(_error_response(request, 403, "AccessDenied"))
+            await writer.drain()
+            return True
         no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
         # The upstream closes after each response (we asked); the client connection
         # stays open only when the body's end can be told without a close.

@@ -13,12 +13,16 @@ from aiohttp import ClientError as HttpError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3pull.config import Config
+from s3pull.errors import S3PullError
 
 __all__ = [
     "TRANSIENT_ERRORS",
     "Clients",
+    "Forbidden",
     "Service",
     "error_code",
+    "is_forbidden",
+    "is_gone",
     "is_missing",
     "open_clients",
 ]
@@ -44,6 +48,49 @@ def error_code(exc: ClientError) -> str:
 def is_missing(exc: ClientError) -> bool:
     """An S3 object (or key) that does not exist: GET says NoSuchKey, HEAD a bare 404."""
     return error_code(exc) in ("NoSuchKey", "404", "NotFound")
+
+
+def is_forbidden(exc: ClientError) -> bool:
+    """Access denied: GET and listings say AccessDenied, HEAD (no body) a bare 403."""
+    return error_code(exc) in ("AccessDenied", "403", "Forbidden")
+
+
+class Forbidden(S3PullError):
+    """S3 refused access to a key, and it cannot be told whether the key exists: an
+    error like any other (the message comes back), worded to name the permission."""
+
+
+async def is_gone(s3: Any, bucket: str, key: str, exc: ClientError) -> bool:
+    """Does ``exc``, from a HEAD or GET of ``key``, mean the object does not exist?
+
+    A 404 does. A 403 may: S3 answers 403 rather than 404 for a missing key when the
+    role lacks ``s3:ListBucket`` for it (S3 API reference, GetObject and HeadObject,
+    "Permissions"), as a role granted it on some prefixes only (an ``s3:prefix``
+    condition) does. A listing of exactly that key, which such a role may do, tells:
+    absent there, the object is gone. Listed, it exists but may not be read; the listing
+    refused too, nobody can tell: both raise ``Forbidden``. False for any other error.
+    """
+    if is_missing(exc):
+        return True
+    if not is_forbidden(exc):
+        return False
+    where = f"s3://{bucket}/{key}"
+    try:
+        # No other key with this prefix sorts before the key itself: one key is enough.
+        listing = await s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    except ClientError as denied:
+        if is_forbidden(denied):
+            raise Forbidden(
+                f"{where}: access denied, and so is listing it: without s3:ListBucket on"
+                " the key's prefix a deleted object cannot be told from a forbidden one"
+                " (grant s3:ListBucket on the prefix)"
+            ) from exc
+        raise
+    if any(item.get("Key") == key for item in listing.get("Contents", ())):
+        raise Forbidden(
+            f"{where}: access denied to an object that exists (grant s3:GetObject on it)"
+        ) from exc
+    return True
 
 
 @dataclass(frozen=True, slots=True)

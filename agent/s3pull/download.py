@@ -18,11 +18,19 @@ from typing import Any, Final
 import aiohttp
 from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
-from s3pull.aws import error_code, is_missing
+from s3pull.aws import error_code, is_gone
 from s3pull.errors import S3PullError
 from s3pull.paths import AtomicWriter
 
-__all__ = ["GONE", "NOT_MODIFIED", "Downloaded", "IntegrityError", "download", "mtime_ns"]
+__all__ = [
+    "GONE",
+    "NOT_MODIFIED",
+    "Downloaded",
+    "IntegrityError",
+    "VersionChanged",
+    "download",
+    "mtime_ns",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,10 @@ BODY_ATTEMPTS: Final = 3
 
 class IntegrityError(S3PullError):
     """The bytes received do not match what S3 said it sent."""
+
+
+class VersionChanged(S3PullError):
+    """S3 no longer holds the version the caller asked for (``if_match``)."""
 
 
 # A body cut off mid-stream surfaces as any of these, depending on where it broke:
@@ -89,24 +101,41 @@ async def download(
     root: Path,
     parts: tuple[str, ...],
     if_none_match: str | None = None,
+    if_match: str | None = None,
 ) -> Downloaded | str:
     """Make ``root/parts`` equal to ``s3://bucket/key``.
 
     Returns a ``Downloaded``, ``NOT_MODIFIED`` when the object still has the ETag
-    ``if_none_match``, or ``GONE`` when the object does not exist. Raises ``UnsafeKey``
-    when a symlink or directory stands in the way, ``IntegrityError`` on a short or
-    corrupt body, ``ClientError``/``OSError`` otherwise.
+    ``if_none_match``, or ``GONE`` when the object does not exist. With ``if_match``
+    only that version will do: S3 checks it in the same request, so an overwrite since
+    the caller listed the object cannot slip in, and ``VersionChanged`` is raised when
+    the object changed or is gone. Raises ``UnsafeKey`` when a symlink or directory
+    stands in the way, ``IntegrityError`` on a short or corrupt body,
+    ``ClientError``/``OSError`` otherwise.
     """
     request: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if if_none_match:
         request["IfNoneMatch"] = f'"{if_none_match}"'
+    if if_match:
+        # S3 weighs If-Match first: a mismatch is 412 whatever If-None-Match says.
+        request["IfMatch"] = f'"{if_match}"'
     for attempt in range(1, BODY_ATTEMPTS + 1):
         try:
             response = await s3.get_object(**request)
         except ClientError as exc:
             if error_code(exc) in ("304", "NotModified"):
                 return NOT_MODIFIED
-            if is_missing(exc):
+            if if_match and error_code(exc) in ("412", "PreconditionFailed"):
+                raise VersionChanged(
+                    f"{key}: S3 no longer holds the version with ETag {if_match}"
+                    " (overwritten since it was listed)"
+                ) from None
+            if await is_gone(s3, bucket, key, exc):
+                if if_match:
+                    raise VersionChanged(
+                        f"{key}: S3 no longer holds the version with ETag {if_match}"
+                        " (deleted since it was listed)"
+                    ) from None
                 return GONE
             raise
         try:

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
-from s3pull.aws import is_missing
+from s3pull.aws import is_gone
 from s3pull.config import MirrorConfig
 from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, mtime_ns
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
@@ -66,6 +66,8 @@ class RemoteObject:
     etag: str | None
     size: int
     mtime_ns: int
+    # Download only this version (ETag), or fail: a trigger manifest's promise.
+    if_match: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +216,12 @@ class Mirror:
         return await self._fetch(change.key, parts, entry, change)
 
     async def _still_exists(self, key: str) -> bool:
-        """HEAD the object: a remove event is only believed once S3 agrees."""
+        """HEAD the object: a remove event is only believed once S3 agrees (a 403 once
+        a listing agrees too: see ``is_gone``)."""
         try:
             await self._s3.head_object(Bucket=self.config.bucket, Key=key)
         except ClientError as exc:
-            if is_missing(exc):
+            if await is_gone(self._s3, self.config.bucket, key, exc):
                 return False
             raise
         return True
@@ -229,25 +232,38 @@ class Mirror:
         parts: tuple[str, ...],
         entry: Entry | None,
         event: ObjectChange | None = None,
+        if_match: str | None = None,
     ) -> Applied:
         """Make the file what S3 holds now. ``event`` is the change that asked, if any:
-        its sequencer is kept only when S3 served the very version it names."""
+        its sequencer is kept only when S3 served the very version it names. With
+        ``if_match``, only that version will do (``download``)."""
         try:
-            return await self._fetch_once(key, parts, entry, event)
+            return await self._fetch_once(key, parts, entry, event, if_match)
         except PathCollision as collision:
             # A late event for a key S3 no longer holds: nothing to write, no collision.
             if not await self._still_exists(key):
                 return Applied(self._gone(key, parts, None))
             await self._settle_collision(collision)
-        return await self._fetch_once(key, parts, entry, event)  # the way is clear now
+        return await self._fetch_once(key, parts, entry, event, if_match)  # the way is clear
 
     async def _fetch_once(
-        self, key: str, parts: tuple[str, ...], entry: Entry | None, event: ObjectChange | None
+        self,
+        key: str,
+        parts: tuple[str, ...],
+        entry: Entry | None,
+        event: ObjectChange | None,
+        if_match: str | None = None,
     ) -> Applied:
         st = local_stat(self.config.directory, parts, key)
         current = entry.etag if entry is not None and _file_matches(entry, st) else None
         result = await download(
-            self._s3, self.config.bucket, key, self.config.directory, parts, if_none_match=current
+            self._s3,
+            self.config.bucket,
+            key,
+            self.config.directory,
+            parts,
+            if_none_match=current,
+            if_match=if_match,
         )
         if result == GONE:
             return Applied(self._gone(key, parts, None))
@@ -384,7 +400,7 @@ class Mirror:
                 obj, parts = work.get_nowait()
                 started = time.monotonic()
                 try:
-                    applied = await self._fetch(obj.key, parts, None)
+                    applied = await self._fetch(obj.key, parts, None, if_match=obj.if_match)
                 except UnsafeKey as refusal:  # found only at write time (a collision)
                     nonlocal refused
                     refused += 1

@@ -11,6 +11,7 @@ receives, is dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -20,7 +21,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from botocore.exceptions import ClientError
 
-from s3pull.aws import is_missing
+from s3pull.aws import is_gone
 from s3pull.command import clean_environment, run_command
 from s3pull.config import MirrorConfig, TriggerConfig
 from s3pull.errors import S3PullError, UnsafeKey
@@ -187,7 +188,7 @@ class Trigger:
         try:
             response = await self._s3.get_object(Bucket=self.config.bucket, Key=change.key)
         except ClientError as exc:
-            if is_missing(exc):
+            if await is_gone(self._s3, self.config.bucket, change.key, exc):
                 raise _Skip("marker-gone") from None
             raise
         async with response["Body"] as body:
@@ -213,7 +214,9 @@ class Trigger:
     ) -> list[RemoteObject]:
         """The batch's objects, once complete: at once for an empty marker, else when
         every file the manifest lists is in S3 with its ETag (notifications are unordered,
-        so the marker can come first)."""
+        so the marker can come first). A file the manifest names with an ETag is then
+        downloaded with that ETag only: one overwritten since this listing fails the
+        attempt rather than reach the command."""
         deadline = time.monotonic() + self.config.manifest_timeout_seconds
         pause = MANIFEST_POLL_FIRST
         while True:
@@ -223,7 +226,7 @@ class Trigger:
                 return objects
             missing = _missing(manifest, batch_prefix, objects)
             if not missing:
-                return objects
+                return _pinned(manifest, batch_prefix, objects)
             if time.monotonic() >= deadline:
                 raise TriggerFailed(
                     f"{tag}: after {self.config.manifest_timeout_seconds} s the manifest still"
@@ -273,6 +276,16 @@ def _marker_version(key: str, response: dict[str, Any]) -> str:
         raise TriggerFailed(f"{key}: S3 sent no LastModified for the marker")
     etag = str(response.get("ETag", "")).strip('"')
     return f"{key}|etag:{etag}|modified:{modified.isoformat()}"
+
+
+def _pinned(
+    manifest: Manifest, batch_prefix: str, objects: list[RemoteObject]
+) -> list[RemoteObject]:
+    promised = {batch_prefix + name: etag for name, etag in manifest.files if etag is not None}
+    return [
+        dataclasses.replace(obj, if_match=promised[obj.key]) if obj.key in promised else obj
+        for obj in objects
+    ]
 
 
 def _missing(manifest: Manifest, batch_prefix: str, objects: list[RemoteObject]) -> list[str]:
