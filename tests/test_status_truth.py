@@ -3,6 +3,7 @@ left: what an operator checks, against a real agent and the moto server."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -173,3 +174,34 @@ def test_a_trigger_whose_command_is_missing_ends_in_dead_letters_status_names(
     healed = status_until(config, "s3pull: IN SYNC", "IN SYNC after the redrive")
     assert healed.returncode == 0
     assert agent.stop() == 0
+
+
+def test_a_second_agent_on_one_state_directory_is_refused_and_so_is_sync(
+    tmp_path: Path, pipeline: Pipeline, s3: Any, start_agent: Callable[..., Agent]
+) -> None:
+    config = mirror_config(tmp_path, pipeline)
+    first = start_agent(config)
+    first.wait_ready()
+    pid = first.process.pid
+
+    second = start_agent(config)
+    assert second.process.wait(60) == 1
+    assert f"pid {pid}" in second.log
+    assert "ready: polling" not in second.log
+    assert first.process.poll() is None
+
+    assert f"(pid {pid}," in status_until(config, "s3pull: IN SYNC", "status").stdout
+
+    s3.put_object(Bucket=pipeline.bucket, Key="data/a.txt", Body=b"a")
+    sync = s3pull("sync", "--config", str(config))
+    assert sync.returncode == 1
+    assert f"pid {pid}" in sync.stderr
+    dry_run = s3pull("sync", "--dry-run", "--config", str(config))  # changes nothing
+    assert dry_run.returncode == 0, dry_run.stderr
+
+    assert first.stop() == 0
+    # Once it is gone (a crash releases the lock the same way), both may run.
+    assert s3pull("sync", "--config", str(config)).returncode == 0
+    again = start_agent(config)
+    again.wait_ready()
+    assert again.stop(signal.SIGINT) == 0

@@ -19,6 +19,7 @@ from s3pull.config import Config, default_config_path, load_config
 from s3pull.errors import ConfigError
 from s3pull.identity import Identity
 from s3pull.logsafe import EscapingFormatter
+from s3pull.status import StateDirectoryBusy, claim_state_directory
 
 __all__ = ["main"]
 
@@ -194,6 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"s3pull: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StateDirectoryBusy as exc:
+        hint = (
+            "it keeps the mirrors in sync itself, and a restart makes it reconcile them all;"
+            " `s3pull sync --dry-run` shows what differs"
+            if args.verb == "sync"
+            else "one agent per state directory"
+        )
+        print(f"s3pull: {exc}: {hint}", file=sys.stderr)
+        return EXIT_FAILURE
     except NoRegionError:
         print(
             f"s3pull: configuration error: {config_path}: aws.region: not set, and neither"
@@ -212,8 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(config: Config) -> int:
     from s3pull.daemon import Daemon
 
-    identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
-    return asyncio.run(Daemon(config, identity).run())
+    # First of all: a second agent on this state directory would share its ledger and
+    # overwrite its status. Released at the end, or by the kernel if we crash.
+    with claim_state_directory(config.agent.state_directory, "run"):
+        identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
+        return asyncio.run(Daemon(config, identity).run())
 
 
 async def own_queue_url(config: Config) -> str | None:
@@ -269,6 +282,15 @@ async def check(config: Config, probe: bool) -> int:
 
 
 async def sync(config: Config, dry_run: bool) -> int:
+    if dry_run:
+        return await _sync(config, dry_run)
+    # A daemon on this state directory owns the mirrors: writing beside it would race
+    # its per-key locks and ledger. Refused, naming it.
+    with claim_state_directory(config.agent.state_directory, "sync"):
+        return await _sync(config, dry_run)
+
+
+async def _sync(config: Config, dry_run: bool) -> int:
     from s3pull.aws import open_clients
     from s3pull.ledger import Ledger
     from s3pull.mirror import Mirror

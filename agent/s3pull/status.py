@@ -8,23 +8,30 @@ sync.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
+    "LOCK_FILE",
     "STATUS_FILE",
+    "StateDirectoryBusy",
     "Stats",
+    "claim_state_directory",
     "problems",
     "read_snapshot",
     "write_snapshot",
 ]
 
 STATUS_FILE: Final = "status.json"
+LOCK_FILE: Final = "agent.lock"
 HISTORY: Final = 10  # entries kept per list: enough to answer "what happened last?"
 # A change that failed is retried at most 15 minutes later (inbox.retry_later). One that
 # has not failed again for an hour is no longer being retried: it was dead-lettered
@@ -301,3 +308,38 @@ def verdict(snapshot: dict[str, Any] | None, alive: bool, queues: list[dict[str,
     if any(queue.get("visible") for queue in queues):
         return "BEHIND"
     return "IN SYNC"
+
+
+# -- one agent per state directory ---------------------------------------------------------
+
+
+class StateDirectoryBusy(Exception):
+    """Another s3pull process holds the state directory."""
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        super().__init__(f"another s3pull ({holder}) is running on the state directory {directory}")
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def claim_state_directory(directory: Path, verb: str) -> Iterator[None]:
+    """Hold the state directory while the block runs: an flock on ``agent.lock``, which
+    the kernel also releases when the process ends, however it ends (no stale lock after
+    a crash). The file names the holder, so the one refused can say who holds it.
+    Raises StateDirectoryBusy."""
+    directory.mkdir(parents=True, exist_ok=True)
+    # Not truncated before the lock is ours: the holder's pid must survive our attempt.
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        os.close(fd)
+        described = f"pid {holder[0]}, s3pull {' '.join(holder[1:])}" if holder else "pid unknown"
+        raise StateDirectoryBusy(directory, described) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {verb}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it; the stale pid is harmless
