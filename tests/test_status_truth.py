@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Agent, queue_depth, render_config, wait_until
+from conftest import AGENT_ENV, Agent, queue_depth, render_config, wait_until
 from conftest import run_s3pull as s3pull
 from s3pull.emulator import Pipeline, create_pipeline
 
@@ -205,3 +205,32 @@ def test_a_second_agent_on_one_state_directory_is_refused_and_so_is_sync(
     again = start_agent(config)
     again.wait_ready()
     assert again.stop(signal.SIGINT) == 0
+
+
+def test_output_to_a_reader_that_left_neither_fails_nor_changes_the_exit_status(
+    tmp_path: Path, pipeline: Pipeline, start_agent: Callable[..., Agent]
+) -> None:
+    config = mirror_config(tmp_path, pipeline)
+    agent = start_agent(config)
+    agent.wait_ready()
+    status_until(config, "s3pull: IN SYNC", "status to say IN SYNC")
+
+    def with_reader_gone(*args: str) -> tuple[int, str]:
+        # As `s3pull status | head -1` once head has exited: the pipe has no reader.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "s3pull", *args, "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=AGENT_ENV,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        return process.wait(60), stderr
+
+    for args in (("status",), ("status", "--json"), ("sync", "--dry-run")):
+        code, stderr = with_reader_gone(*args)
+        assert (code, stderr) == (0, ""), args
+    assert agent.stop() == 0
+    code, stderr = with_reader_gone("status")
+    assert (code, stderr) == (1, "")  # NOT RUNNING, said by the exit status alone
