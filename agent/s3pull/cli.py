@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final, TextIO, cast
 
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
@@ -19,6 +20,7 @@ from s3pull.config import Config, default_config_path, load_config
 from s3pull.errors import ConfigError
 from s3pull.identity import Identity
 from s3pull.logsafe import EscapingFormatter
+from s3pull.status import StateDirectoryBusy, claim_state_directory
 
 __all__ = ["main"]
 
@@ -150,7 +152,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ReaderMayLeave(io.TextIOBase):
+    """Standard output for a reader that may leave early (``s3pull status | head -1``):
+    once the pipe is closed, what follows goes to /dev/null and the verb still finishes,
+    so its exit status says what it found, not that the reader left."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        # Whatever is still buffered goes to /dev/null too: no second error when the
+        # interpreter flushes the stream at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _ReaderMayLeave(stdout))
+    try:
+        return _verb(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
+
+
+def _verb(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     try:
@@ -194,6 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"s3pull: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StateDirectoryBusy as exc:
+        hint = (
+            "it keeps the mirrors in sync itself, and a restart makes it reconcile them all;"
+            " `s3pull sync --dry-run` shows what differs"
+            if args.verb == "sync"
+            else "one agent per state directory"
+        )
+        print(f"s3pull: {exc}: {hint}", file=sys.stderr)
+        return EXIT_FAILURE
     except NoRegionError:
         print(
             f"s3pull: configuration error: {config_path}: aws.region: not set, and neither"
@@ -212,8 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(config: Config) -> int:
     from s3pull.daemon import Daemon
 
-    identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
-    return asyncio.run(Daemon(config, identity).run())
+    # First of all: a second agent on this state directory would share its ledger and
+    # overwrite its status. Released at the end, or by the kernel if we crash.
+    with claim_state_directory(config.agent.state_directory, "run"):
+        identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
+        return asyncio.run(Daemon(config, identity).run())
 
 
 async def own_queue_url(config: Config) -> str | None:
@@ -269,6 +332,15 @@ async def check(config: Config, probe: bool) -> int:
 
 
 async def sync(config: Config, dry_run: bool) -> int:
+    if dry_run:
+        return await _sync(config, dry_run)
+    # A daemon on this state directory owns the mirrors: writing beside it would race
+    # its per-key locks and ledger. Refused, naming it.
+    with claim_state_directory(config.agent.state_directory, "sync"):
+        return await _sync(config, dry_run)
+
+
+async def _sync(config: Config, dry_run: bool) -> int:
     from s3pull.aws import open_clients
     from s3pull.ledger import Ledger
     from s3pull.mirror import Mirror

@@ -231,7 +231,7 @@ class Dispatcher:
                 await mirror.apply(change)  # logs and counts what it applied or refused
             except Exception as exc:
                 cause = "disk" if isinstance(exc, OSError) else "s3"
-                self._recorder.error(cause, f"{mirror.name}: {change.key}: {exc}")
+                self._recorder.failed(mirror.name, change.key, cause, exc)
                 log.error(
                     "%s: could not apply %s to %s, will retry: %s: %s",
                     mirror.name,
@@ -258,7 +258,7 @@ class Dispatcher:
                 log.error("%s: batch %s refused: %s", trigger.name, batch, refusal, extra=tags)
                 return
             except Exception as exc:
-                self._recorder.error("trigger", f"{trigger.name} {batch}: {exc}")
+                self._recorder.failed(f"trigger:{trigger.name}", batch, "trigger", exc)
                 self._trigger_done(trigger, batch, "failed", started)
                 log.error(
                     "%s: batch %s failed (receive will be retried): %s: %s",
@@ -293,7 +293,7 @@ class Dispatcher:
             try:
                 await mirror.repair(path)
             except Exception as exc:  # the next change or reconcile tries again
-                self._recorder.error("drift", f"{mirror.name}: {key}: {exc}")
+                self._recorder.failed(mirror.name, key, "drift", exc)
                 log.error(
                     "%s: could not repair local drift of %s: %s: %s",
                     mirror.name,

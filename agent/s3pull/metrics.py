@@ -87,12 +87,14 @@ class Recorder:
 
     def applied(self, mirror: str, key: str, applied: Applied) -> None:
         self.stats.change(mirror, key, applied.outcome, applied.size)
+        self.stats.cleared(mirror, key)
         self.metrics.changes.labels(mirror, applied.outcome).inc()
         if applied.size:
             self.metrics.bytes.labels(mirror).inc(applied.size)
 
     def refused(self, mirror: str, refusal: UnsafeKey) -> None:
         self.stats.refusal(mirror, refusal.key, refusal.reason)
+        self.stats.cleared(mirror, refusal.key)  # refused for good: nothing to retry
         self.metrics.refused.labels(mirror).inc()
 
     def source_refused(self, key: str, reason: str) -> None:
@@ -103,9 +105,22 @@ class Recorder:
     def error(self, cause: str, message: str) -> None:
         self.stats.error(message)
         self.metrics.errors.labels(cause).inc()
+        if cause == "reconcile":  # "<mirror>: could not be reconciled" (reconcile.bootstrap)
+            mirror, _, problem = message.partition(": ")
+            if mirror not in self.stats.reconcile_failures:  # keep the count it left
+                self.stats.reconcile_result(mirror, problem)
+
+    def failed(self, where: str, key: str, cause: str, exc: BaseException) -> None:
+        """A change failed and will be retried: ``key`` (a key of mirror ``where``, or a
+        batch of ``trigger:<name>``) counts as failing in ``status`` until it applies."""
+        error = str(exc) or type(exc).__name__
+        self.error(cause, f"{where}: {key}: {error}")
+        self.stats.failure(where, key, error)
 
     def trigger_done(self, trigger: str, batch: str, result: str, seconds: float) -> None:
         self.stats.trigger_run(trigger, batch, result, seconds)
+        if result != "failed":  # ran, or will never run (skipped, refused)
+            self.stats.cleared(f"trigger:{trigger}", batch)
         self.metrics.trigger_runs.labels(trigger, result).inc()
         if result in ("succeeded", "failed"):
             self.metrics.trigger_seconds.labels(trigger).observe(seconds)
@@ -114,6 +129,8 @@ class Recorder:
         self, mirror: str, downloaded: int, deleted: int, failed: int, seconds: float
     ) -> None:
         self.stats.reconcile(downloaded, deleted, failed, seconds)
+        problem = f"the last reconcile could not download {failed} file(s)" if failed else None
+        self.stats.reconcile_result(mirror, problem)
         self.metrics.reconcile_seconds.labels(mirror).observe(seconds)
 
     def lag(self, seconds: float) -> None:

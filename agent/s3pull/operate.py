@@ -11,7 +11,7 @@ from s3pull.config import Config
 from s3pull.errors import UnparseableBody
 from s3pull.events import parse_body
 from s3pull.logsafe import escape_controls, escape_strings
-from s3pull.status import process_alive, queue_depths, read_snapshot, verdict
+from s3pull.status import problems, process_alive, queue_depths, read_snapshot, verdict
 
 __all__ = ["dlq_list_command", "dlq_redrive_command", "status_command"]
 
@@ -47,23 +47,34 @@ async def status_command(config: Config, queue_url: str | None, as_json: bool) -
             except Exception as exc:  # report it; status must work when AWS does not
                 queues.append({"url": url, "error": str(exc)})
     word = verdict(snapshot, alive, queues)
+    wrong = problems(snapshot if alive else None, queues)
     if as_json:
-        print(
-            json.dumps(
-                {"verdict": word, "alive": alive, "daemon": snapshot, "queues": queues}, indent=1
-            )
-        )
+        report = {
+            "verdict": word,
+            "alive": alive,
+            "problems": wrong,
+            "daemon": snapshot,
+            "queues": queues,
+        }
+        print(json.dumps(report, indent=1))
     else:
-        _print_status(word, alive, snapshot, queues)
+        _print_status(word, alive, snapshot, queues, wrong)
     return 0 if word == "IN SYNC" else 1
 
 
 def _print_status(
-    word: str, alive: bool, snapshot: dict[str, Any] | None, queues: list[dict[str, Any]]
+    word: str,
+    alive: bool,
+    snapshot: dict[str, Any] | None,
+    queues: list[dict[str, Any]],
+    wrong: list[str],
 ) -> None:
     # Keys, reasons and errors come from events and S3: one line each, escaped.
     snapshot, queues = escape_strings(snapshot), escape_strings(queues)
+    wrong = escape_strings(wrong)
     print(f"s3pull: {word}")
+    for problem in wrong:
+        print(f"  problem       {problem}")
     if snapshot is None:
         print("  daemon        has never run with this state directory")
     else:

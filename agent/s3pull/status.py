@@ -8,18 +8,36 @@ sync.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["STATUS_FILE", "Stats", "read_snapshot", "write_snapshot"]
+__all__ = [
+    "LOCK_FILE",
+    "STATUS_FILE",
+    "StateDirectoryBusy",
+    "Stats",
+    "claim_state_directory",
+    "problems",
+    "read_snapshot",
+    "write_snapshot",
+]
 
 STATUS_FILE: Final = "status.json"
+LOCK_FILE: Final = "agent.lock"
 HISTORY: Final = 10  # entries kept per list: enough to answer "what happened last?"
+# A change that failed is retried at most 15 minutes later (inbox.retry_later). One that
+# has not failed again for an hour is no longer being retried: it was dead-lettered
+# (status reports the dead-letter queue on its own) or removed by hand.
+STILL_FAILING_SECONDS: Final = 3600.0
+EXAMPLES: Final = 3  # failing keys shown per mirror or trigger
 
 
 def _now() -> float:
@@ -43,6 +61,44 @@ class Stats:
     recent_refusals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     recent_errors: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     last_reconcile: dict[str, Any] | None = None
+    # What is failing now, cleared when it works: where ("data", "trigger:orders") ->
+    # key or batch -> {"error", "since", "at", "attempts"}.
+    failing: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Mirror -> what its last reconcile left undone (cleared by one that leaves nothing).
+    reconcile_failures: dict[str, str] = field(default_factory=dict)
+
+    def failure(self, where: str, key: str, message: str) -> None:
+        """``key`` (a mirror's key, a trigger's batch) failed and will be retried."""
+        now = _now()
+        entry = self.failing.setdefault(where, {}).setdefault(
+            key, {"key": key, "since": now, "attempts": 0}
+        )
+        entry.update(error=message, at=now, attempts=entry["attempts"] + 1)
+
+    def cleared(self, where: str, key: str) -> None:
+        """``key`` applied (or was refused for good): it is not failing any more."""
+        keys = self.failing.get(where)
+        if keys is not None and keys.pop(key, None) is not None and not keys:
+            del self.failing[where]
+
+    def reconcile_result(self, mirror: str, problem: str | None) -> None:
+        if problem is None:
+            self.reconcile_failures.pop(mirror, None)
+        else:
+            self.reconcile_failures[mirror] = problem
+
+    def failing_now(self) -> dict[str, list[dict[str, Any]]]:
+        """What is failing now, per place, newest failure first; forgets what stopped
+        being retried (see STILL_FAILING_SECONDS)."""
+        horizon = _now() - STILL_FAILING_SECONDS
+        current: dict[str, list[dict[str, Any]]] = {}
+        for where in list(self.failing):
+            keys = self.failing[where]
+            for key in [k for k, entry in keys.items() if entry["at"] < horizon]:
+                self.cleared(where, key)
+            if keys:
+                current[where] = sorted(keys.values(), key=lambda e: e["at"], reverse=True)
+        return current
 
     def change(self, mirror: str, key: str, outcome: str, size: int) -> None:
         self.applied += 1
@@ -86,7 +142,11 @@ class Stats:
         """One line for systemd's STATUS=: the phase (``behind: N message(s) in flight``
         while an otherwise healthy agent is working) and the counters."""
         phase = self.phase
-        if phase == "in sync" and in_flight:
+        failing = self.failing_now()
+        if phase in ("in sync", "stopped") and (failing or self.reconcile_failures):
+            places = sorted({*failing, *self.reconcile_failures})
+            phase = f"failing: {', '.join(places)}"
+        elif phase == "in sync" and in_flight:
             phase = f"behind: {in_flight} message(s) in flight"
         ago = (
             f", last change {_now() - self.last_change_at:.0f}s ago"
@@ -125,6 +185,11 @@ class Stats:
             "refused": list(self.recent_refusals),
             "errors": list(self.recent_errors),
             "last_reconcile": self.last_reconcile,
+            "failing": {
+                where: {"count": len(entries), "examples": entries[:EXAMPLES]}
+                for where, entries in self.failing_now().items()
+            },
+            "reconcile_failures": dict(self.reconcile_failures),
         }
 
 
@@ -192,9 +257,41 @@ async def queue_depths(sqs: Any, queue_url: str) -> dict[str, Any]:
     return depths
 
 
+def _place(where: str) -> str:
+    return f"trigger {where[8:]}" if where.startswith("trigger:") else f"mirror {where}"
+
+
+def problems(snapshot: dict[str, Any] | None, queues: list[dict[str, Any]]) -> list[str]:
+    """Everything that keeps this server from being in sync, one line each: changes
+    failing now, reconciles that left files behind, dead letters, queues SQS would not
+    describe. Empty when nothing is wrong."""
+    found: list[str] = []
+    daemon = snapshot or {}
+    for where, failing in sorted(daemon.get("failing", {}).items()):
+        what = "batch(es)" if where.startswith("trigger:") else "change(s)"
+        latest = failing["examples"][0]
+        found.append(
+            f"{_place(where)}: {failing['count']} {what} failing, latest {latest['key']}:"
+            f" {latest['error']} ({latest['attempts']} attempt(s))"
+        )
+    for mirror, problem in sorted(daemon.get("reconcile_failures", {}).items()):
+        found.append(f"mirror {mirror}: {problem} (a restart reconciles again)")
+    for queue in queues:
+        name = str(queue["url"]).rsplit("/", 1)[-1]
+        if "error" in queue:
+            found.append(f"queue {name}: cannot ask SQS, so dead letters are unknown")
+        elif queue.get("dead_lettered"):
+            found.append(
+                f"queue {name}: {queue['dead_lettered']} dead-lettered message(s) (see: s3pull"
+                " dlq list; they stay until `s3pull dlq redrive` or a purge)"
+            )
+    return found
+
+
 def verdict(snapshot: dict[str, Any] | None, alive: bool, queues: list[dict[str, Any]]) -> str:
     """One word an operator can act on: IN SYNC, BEHIND, BOOTSTRAPPING, BACKING OFF,
-    NOT RUNNING."""
+    FAILING (changes or a reconcile failing now), DEAD LETTERS, UNKNOWN (SQS would not
+    say), NOT RUNNING. Only IN SYNC means nothing is wrong."""
     if snapshot is None or not alive:
         return "NOT RUNNING"
     phase = str(snapshot.get("phase", ""))
@@ -202,6 +299,47 @@ def verdict(snapshot: dict[str, Any] | None, alive: bool, queues: list[dict[str,
         return "BACKING OFF"
     if phase in ("starting", "bootstrapping", "recreating the queue"):
         return "BOOTSTRAPPING"
+    if snapshot.get("failing") or snapshot.get("reconcile_failures"):
+        return "FAILING"
+    if any(queue.get("dead_lettered") for queue in queues):
+        return "DEAD LETTERS"
+    if any("error" in queue for queue in queues):
+        return "UNKNOWN"
     if any(queue.get("visible") for queue in queues):
         return "BEHIND"
     return "IN SYNC"
+
+
+# -- one agent per state directory ---------------------------------------------------------
+
+
+class StateDirectoryBusy(Exception):
+    """Another s3pull process holds the state directory."""
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        super().__init__(f"another s3pull ({holder}) is running on the state directory {directory}")
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def claim_state_directory(directory: Path, verb: str) -> Iterator[None]:
+    """Hold the state directory while the block runs: an flock on ``agent.lock``, which
+    the kernel also releases when the process ends, however it ends (no stale lock after
+    a crash). The file names the holder, so the one refused can say who holds it.
+    Raises StateDirectoryBusy."""
+    directory.mkdir(parents=True, exist_ok=True)
+    # Not truncated before the lock is ours: the holder's pid must survive our attempt.
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        os.close(fd)
+        described = f"pid {holder[0]}, s3pull {' '.join(holder[1:])}" if holder else "pid unknown"
+        raise StateDirectoryBusy(directory, described) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {verb}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it; the stale pid is harmless
