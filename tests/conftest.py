@@ -73,8 +73,34 @@ def receive_bodies(sqs: Any, url: str) -> list[str]:
     return bodies
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--emulator",
+        default="moto",
+        help="'moto' (default: a moto server per session) or the URL of a running"
+        " LocalStack, the second opinion whose events differ from moto's as AWS's do",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--emulator") == "moto":
+        return
+    for item in items:
+        marker = item.get_closest_marker("moto_only")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"moto only: {marker.args[0]}"))
+
+
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def moto_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The emulator's endpoint (named for the default). Everything the tests need of it:
+    S3, SNS and SQS with the real notification path."""
+    emulator = str(request.config.getoption("--emulator"))
+    if emulator != "moto":
+        for name, value in DUMMY_CREDENTIALS.items():
+            os.environ.setdefault(name, value)
+        yield emulator.rstrip("/")
+        return
     with moto_server() as endpoint:
         yield endpoint
 
