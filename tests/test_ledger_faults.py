@@ -217,3 +217,46 @@ def test_a_lock_held_by_another_process_never_stalls_the_watchdog_and_loses_noth
     finally:
         systemd.close()
     assert os.path.exists(state / "ledger.sqlite3")
+
+
+def test_corruption_found_while_running_is_moved_aside_and_every_mirror_reconciled(
+    tmp_path: Path, pipeline: Pipeline, s3: Any, start_agent: Callable[..., Agent]
+) -> None:
+    for name in ("a.txt", "b.txt"):
+        s3.put_object(Bucket=pipeline.bucket, Key=f"data/{name}", Body=name.encode())
+    state, mirror = tmp_path / "state", tmp_path / "mirror"
+    config = tmp_path / "s3pull.toml"
+    config.write_text(render_config(pipeline, state, [_mirror(pipeline, tmp_path)]))
+    agent = start_agent(config)
+    agent.wait_ready()
+    # The uploads' own events come after the start-up reconcile: let them pass first.
+    agent.wait_for_log("unchanged data/a.txt")
+    agent.wait_for_log("unchanged data/b.txt")
+    wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue empty")
+    before = _identities(mirror)
+
+    # Behind the agent's back, as a bad disk would: move the WAL into the file (so the
+    # agent's next read goes to the file), then spoil the file where it lies.
+    other = sqlite3.connect(state / "ledger.sqlite3")
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    other.close()
+    path = state / "ledger.sqlite3"
+    with path.open("r+b") as f:
+        f.write(GARBAGE[: path.stat().st_size])
+    s3.put_object(Bucket=pipeline.bucket, Key="data/new.txt", Body=b"new")
+
+    wait_until(lambda: (mirror / "new.txt").is_file(), what="data/new.txt on disk")
+    (aside,) = _moved_aside(state)
+    assert any("ERROR" in line and str(aside) in line for line in agent.log.splitlines())
+    # The fresh ledger is filled by a full reconcile, which downloads nothing again
+    # (new.txt comes by its event or by that reconcile, whichever is first).
+    agent.wait_for_log("serving again to reconcile every mirror")
+    agent.wait_for_log("reconciled 1 mirror(s)", count=2)
+    second = agent.log.rsplit("reconciled 1 mirror(s)", 1)[1].split("\n", 1)[0]
+    assert "0 deleted" in second and "0 failed" in second, second
+    assert "2 up to date" in second or "3 up to date" in second, second
+    assert {k: v for k, v in _identities(mirror).items() if k != "new.txt"} == before
+    wait_until(lambda: _ledger_row(state, "data/a.txt") is not None, what="a.txt in the ledger")
+    assert _ledger_row(state, "data/new.txt") is not None
+    assert agent.process.poll() is None
+    assert agent.stop(signal.SIGTERM) == 0
