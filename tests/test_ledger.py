@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from s3pull.ledger import Entry, Ledger
+from s3pull.errors import LedgerBusy
+from s3pull.ledger import Entry, Ledger, patiently
 
 OLD = "0055AED6DCD90281E5"
 NEW = "0055AED6DCD90281E6"
@@ -169,3 +173,186 @@ def test_forget(ledger: Ledger) -> None:
     ledger.record_present("m", "k", "etag", 1, 1, OLD)
     entry = ledger.get("m", "k")
     assert entry is not None and entry.sequencer == OLD
+
+
+# -- local faults: a corrupt file, a lock held by another process, keys SQLite cannot take --
+
+
+def _aside(state: Path) -> list[Path]:
+    return sorted(state.glob("ledger.sqlite3.corrupt-*"))
+
+
+def test_a_corrupt_ledger_is_moved_aside_loudly_and_a_fresh_one_opened(
+    state: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Ledger.open(state)
+    first.record_present("m", "k", "etag", 7, MTIME_NS, NEW)
+    first.close()
+    garbage = b"\x8b\x1f not a database " * 512
+    (state / "ledger.sqlite3").write_bytes(garbage)
+    (state / "ledger.sqlite3-wal").write_bytes(b"stale wal")
+    (state / "ledger.sqlite3-shm").write_bytes(b"stale shm")
+
+    with caplog.at_level("ERROR", logger="s3pull.ledger"):
+        second = Ledger.open(state)
+    try:
+        assert second.rebuilt
+        assert second.get("m", "k") is None  # fresh: the next reconcile fills it
+        second.record_present("m", "k", "etag", 7, MTIME_NS)
+        assert second.get("m", "k") == Entry(True, "etag", 7, MTIME_NS, None)
+    finally:
+        second.close()
+    # The evidence is kept byte for byte, its WAL beside it where SQLite looks for one,
+    # and the log line names where it went.
+    main, shm, wal = _aside(state)
+    assert (shm.name, wal.name) == (f"{main.name}-shm", f"{main.name}-wal")
+    assert main.read_bytes() == garbage
+    assert wal.read_bytes() == b"stale wal"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(main) in errors[0].getMessage()
+    assert "full reconcile" in errors[0].getMessage()
+
+    # The fresh ledger is a healthy one: opened again, nothing is moved aside.
+    third = Ledger.open(state)
+    try:
+        assert not third.rebuilt
+        assert third.get("m", "k") is not None
+    finally:
+        third.close()
+    assert len(_aside(state)) == 3
+
+
+def test_an_empty_or_truncated_ledger_file_is_handled_too(state: Path) -> None:
+    state.mkdir(parents=True)
+    (state / "ledger.sqlite3").write_bytes(b"SQLite format 3\x00" + b"\x00" * 20)
+    ledger = Ledger.open(state)
+    try:
+        ledger.record_absent("m", "k")
+        assert ledger.get("m", "k") == Entry(False, None, None, None, None)
+    finally:
+        ledger.close()
+    assert len(_aside(state)) == 1
+
+
+def test_corruption_found_mid_run_rebuilds_and_tells_the_owner(
+    state: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = Ledger.open(state)
+    told: list[Path] = []
+    ledger.on_rebuilt = told.append
+    try:
+        for n in range(2000):  # several pages, so a page in the middle can be spoiled
+            ledger.record_present("m", f"k/{n:05d}", "e" * 32, n, MTIME_NS)
+        other = sqlite3.connect(state / "ledger.sqlite3")
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        other.close()
+        # Spoil every page but the first (the header and schema) behind SQLite's back,
+        # as a bad disk or a stray writer would.
+        path = state / "ledger.sqlite3"
+        with path.open("r+b") as f:
+            f.seek(4096)
+            f.write(b"\xff" * (path.stat().st_size - 4096))
+        with caplog.at_level("ERROR", logger="s3pull.ledger"):
+            # Whatever the call, it finds out, moves the file aside and carries on.
+            ledger.record_present("m", "new", "etag", 1, MTIME_NS)
+            assert ledger.entries("m") == {"new": Entry(True, "etag", 1, MTIME_NS, None)}
+        assert ledger.rebuilt
+        assert len(told) == 1 and told[0].name.startswith("ledger.sqlite3.corrupt-")
+        assert any(str(told[0]) in r.getMessage() for r in caplog.records)
+    finally:
+        ledger.close()
+
+
+def test_a_lock_held_by_another_process_fails_fast_and_reads_go_on(state: Path) -> None:
+    ledger = Ledger.open(state)
+    ledger.record_present("m", "k", "etag", 1, MTIME_NS)
+    # Another process (sqlite3 shell, a second agent, a backup) holds the write lock.
+    other = sqlite3.connect(state / "ledger.sqlite3", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(LedgerBusy):
+            ledger.record_present("m", "k2", "etag", 1, MTIME_NS)
+        with pytest.raises(LedgerBusy):
+            ledger.record_trigger_run("t", "v1", "b/")
+        blocked = time.monotonic() - started
+        assert blocked < 0.5, f"two writes blocked the caller {blocked:.2f} s"
+        # LedgerBusy is an OSError (EBUSY): every caller already treats those as transient.
+        assert issubclass(LedgerBusy, OSError)
+        # WAL: readers never wait for a writer.
+        assert ledger.get("m", "k") is not None
+        assert not ledger.trigger_ran("t", "v1")
+        # Opening another connection meanwhile (a restart, `s3pull sync`) is not delayed.
+        started = time.monotonic()
+        Ledger.open(state).close()
+        assert time.monotonic() - started < 0.5
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    ledger.record_present("m", "k2", "etag", 1, MTIME_NS)
+    assert ledger.get("m", "k2") is not None
+    assert not _aside(state)  # a lock is not corruption
+    ledger.close()
+
+
+async def test_patiently_waits_for_the_lock_without_blocking_the_loop(state: Path) -> None:
+    ledger = Ledger.open(state)
+    other = sqlite3.connect(state / "ledger.sqlite3", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.6)
+        other.execute("ROLLBACK")
+
+    tick_task = asyncio.create_task(ticker())
+    release = asyncio.create_task(release_later())
+    try:
+        await patiently(ledger.record_trigger_run, "t", "v1", "b/")
+    finally:
+        tick_task.cancel()
+        await release
+        other.close()
+    assert ledger.trigger_ran("t", "v1")
+    assert ticks > 20  # the loop went on ticking while the write waited
+    ledger.close()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "m/caf\udce9.txt",  # a Latin-1 file name, as os.fsdecode hands it over
+        "m/\udcff\udcfe",
+        "m/lone \ud800 surrogate",  # a JSON escape no UTF-8 can carry
+    ],
+)
+def test_keys_that_utf8_cannot_carry_round_trip(ledger: Ledger, key: str) -> None:
+    ledger.record_present("m", "m/café.txt", "etag-text", 1, MTIME_NS, NEW)
+    ledger.record_present("m", key, "etag-odd", 2, MTIME_NS, OLD)
+    assert ledger.get("m", key) == Entry(True, "etag-odd", 2, MTIME_NS, OLD)
+    assert ledger.is_stale("m", key, "0055AED6DCD90281E4")
+    # Neither key shadows the other; both come back from a listing under the prefix.
+    assert ledger.entries("m", "m/") == {
+        "m/café.txt": Entry(True, "etag-text", 1, MTIME_NS, NEW),
+        key: Entry(True, "etag-odd", 2, MTIME_NS, OLD),
+    }
+    ledger.reset_sequencers("m", "m/")
+    assert ledger.get("m", key) == Entry(True, "etag-odd", 2, MTIME_NS, None)
+    ledger.record_absent("m", key)
+    assert ledger.get("m", key) == Entry(False, None, None, None, None)
+    ledger.record_trigger_run("t", "v", key)
+    ledger.forget("m", key)
+    assert ledger.get("m", key) is None
+    assert set(ledger.entries("m")) == {"m/café.txt"}
+
+
+def test_entries_under_a_non_ascii_prefix(ledger: Ledger) -> None:
+    ledger.record_present("m", "été/a", "e", 1, 1)
+    ledger.record_present("m", "étés/b", "e", 1, 1)
+    assert set(ledger.entries("m", "été/")) == {"été/a"}

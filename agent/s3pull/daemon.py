@@ -137,6 +137,7 @@ class Daemon:
 
     async def _run_once(self) -> None:
         ledger = Ledger.open(self.config.agent.state_directory)
+        ledger.on_rebuilt = self._reconcile_into_fresh_ledger
         try:
             async with open_clients(
                 self.config, *self._services(), region=self.identity.region
@@ -150,6 +151,12 @@ class Daemon:
                     log.info("deprovisioned queue %s", own.name)
         finally:
             ledger.close()
+
+    def _reconcile_into_fresh_ledger(self, _aside: object) -> None:
+        """A corrupt ledger was replaced mid-run: serve again, which reconciles every mirror."""
+        log.warning("serving again to reconcile every mirror into the fresh ledger")
+        self._next_config = self._next_config or self.config
+        self.stop.reload()
 
     async def _serve(self, clients: Clients, ledger: Ledger, own: OwnQueue) -> None:
         mirrors = [Mirror(m, clients.s3, ledger, self.recorder) for m in self.config.mirrors]

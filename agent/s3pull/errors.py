@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "LedgerBusy",
     "PathCollision",
     "S3PullError",
     "UnparseableBody",
@@ -53,3 +54,12 @@ class PathCollision(UnsafeKey):
 
 class UnparseableBody(S3PullError):
     """An SQS message body that is not an S3 notification we can read."""
+
+
+class LedgerBusy(S3PullError, OSError):
+    """Another process holds the ledger's write lock: try again later.
+
+    An OSError (EBUSY, "resource busy"), because that is what it is: a local resource
+    briefly unavailable. Every caller already treats OSError as transient (a message is
+    handed back, a start-up reconcile retried), and none of them waits for it.
+    """

@@ -81,6 +81,7 @@ class ReconcilePlan:
     downloads: list[tuple[RemoteObject, tuple[str, ...]]] = field(default_factory=list)
     deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     refused: list[UnsafeKey] = field(default_factory=list)
+    adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
     up_to_date: int = 0
     under: str = ""  # the prefix the listing covered
 
@@ -106,6 +107,11 @@ def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
         and st.st_size == entry.size
         and st.st_mtime_ns == entry.mtime_ns
     )
+
+
+def _listed_matches(obj: RemoteObject, st: os.stat_result) -> bool:
+    """Does a file we hold no record of look like our download of the listed object?"""
+    return st.st_size == obj.size and st.st_mtime_ns == obj.mtime_ns
 
 
 def _confirmed_sequencer(event: ObjectChange | None, served_etag: str | None) -> str | None:
@@ -371,6 +377,11 @@ class Mirror:
             entry = entries.get(obj.key)
             if _file_matches(entry, st) and entry is not None and entry.etag == obj.etag:
                 plan.up_to_date += 1
+            elif entry is None and st is not None and _listed_matches(obj, st):
+                # No ledger entry (a fresh ledger after a corrupt one was moved aside) but
+                # the size and whole-second mtime our downloads give: adopt, not download.
+                plan.adopted.append(obj)
+                plan.up_to_date += 1
             else:
                 plan.downloads.append((obj, parts))
         if self.config.delete:
@@ -391,6 +402,8 @@ class Mirror:
         failures: list[BaseException] = []
         refused = 0
         self.config.directory.mkdir(parents=True, exist_ok=True)
+        for obj in plan.adopted:
+            self._ledger.record_present(self.name, obj.key, obj.etag, obj.size, obj.mtime_ns)
         work: asyncio.Queue[tuple[RemoteObject, tuple[str, ...]]] = asyncio.Queue()
         for item in plan.downloads:
             work.put_nowait(item)

@@ -26,7 +26,7 @@ from s3pull.command import clean_environment, run_command
 from s3pull.config import MirrorConfig, TriggerConfig
 from s3pull.errors import S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
-from s3pull.ledger import Ledger
+from s3pull.ledger import Ledger, patiently
 from s3pull.mirror import Mirror, Observer, RemoteObject
 from s3pull.paths import ensure_directory, safe_parts
 
@@ -162,7 +162,9 @@ class Trigger:
                 raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
             batch_dir = ensure_directory(self.config.directory, batch_parts, change.key)
             await self._run_command(change, batch_prefix, batch_dir, tag)
-        self._ledger.record_trigger_run(self.name, marker.version, batch_prefix)
+        # The command ran: wait out another process's lock rather than hand the message
+        # back, which would run it again.
+        await patiently(self._ledger.record_trigger_run, self.name, marker.version, batch_prefix)
         return "succeeded"
 
     def _batch_parts(self, marker_key: str, batch_prefix: str) -> tuple[str, ...]:
