@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -24,7 +24,15 @@ from s3pull.errors import PathCollision, S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
 from s3pull.ledger import Entry, Ledger
 from s3pull.logfields import journal_fields
-from s3pull.paths import is_folder_placeholder, local_stat, remove_file, safe_parts, walk_files
+from s3pull.paths import (
+    is_folder_placeholder,
+    is_utf8,
+    local_stat,
+    remove_file,
+    safe_parts,
+    shown_name,
+    walk_files,
+)
 
 __all__ = [
     "Applied",
@@ -37,6 +45,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A plan costs about 44 us per object (a local stat through directory descriptors): it
+# hands the event loop back this often, so a listing of any size never starves the
+# watchdog ping or the queue (a few ms at a time).
+PLAN_STEP: Final = 64
 
 Outcome = Literal[
     "downloaded",  # the file now holds the object's current content
@@ -73,12 +86,16 @@ class RemoteObject:
 @dataclass(frozen=True, slots=True)
 class Executed:
     failures: list[BaseException]
-    refused: int  # keys refused only when written (file/directory collisions)
+    refused: int  # refused only when acted on: collisions, files swapped for symlinks
+    downloaded: int = 0
+    deleted: int = 0
 
 
 @dataclass(slots=True)
 class ReconcilePlan:
     downloads: list[tuple[RemoteObject, tuple[str, ...]]] = field(default_factory=list)
+    # (key, path parts) of local files S3 does not hold. A name that is not UTF-8 can be
+    # no key: its "key" is shown escaped (``shown_name``), its parts are the real name.
     deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     refused: list[UnsafeKey] = field(default_factory=list)
     adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
@@ -148,6 +165,7 @@ class Mirror:
         come back.
         """
         started = time.monotonic()
+        self._recreate_directory()
         try:
             applied = await self._apply(change)
         except UnsafeKey as refusal:
@@ -155,6 +173,23 @@ class Mirror:
             return Applied("refused")
         self._applied(change.key, applied, change.event_name, started)
         return applied
+
+    def _recreate_directory(self) -> None:
+        """The mirror's directory was deleted under us: make it again, so this change
+        lands (the drift watcher reconciles the rest once it sees the directory back).
+
+        Raises OSError when it cannot be made (a file in its place, a read-only or
+        missing parent): the change is handed back and retried, not lost.
+        """
+        directory = self.config.directory
+        if directory.is_dir():
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        log.warning(
+            "%s: directory %s was gone: recreated it; the rest comes back with a reconcile",
+            self.name,
+            directory,
+        )
 
     def _applied(self, key: str, applied: Applied, how: str, started: float) -> None:
         """One log line per applied change, and the observer's counters."""
@@ -188,6 +223,8 @@ class Mirror:
             relative = path.relative_to(self.config.directory).as_posix()
         except ValueError:
             return None
+        if not self.config.directory.is_dir():
+            return None  # the whole directory is gone: a reconcile brings it back
         key = self.config.prefix + relative
         started = time.monotonic()
         try:
@@ -201,8 +238,7 @@ class Mirror:
         if await self._still_exists(key):
             applied = await self._fetch(key, parts, None)
         elif st is not None and self.config.delete:
-            remove_file(self.config.directory, parts, key)
-            self._ledger.record_absent(self.name, key)
+            self._remove_extra(key, parts)
             applied = Applied("deleted")
         else:
             return None
@@ -308,7 +344,7 @@ class Mirror:
             if listing.get("Contents"):
                 raise collision
             stale = [
-                (f"{blocker}/{relative}", (*collision.blocker, *relative.split("/")))
+                (f"{blocker}/{shown_name(relative)}", (*collision.blocker, *relative.split("/")))
                 for relative, _st in walk_files(root.joinpath(*collision.blocker))
             ]
         else:
@@ -321,14 +357,25 @@ class Mirror:
                 " longer in S3 but this mirror keeps deleted files"
             )
         for key, parts in stale:
-            if remove_file(root, parts, key):
-                self._ledger.record_absent(self.name, key)
+            if self._remove_extra(key, parts):
                 log.info(
                     "%s: deleted %s (no longer in S3, in the way of %s)",
                     self.name,
                     key,
                     collision.key,
                 )
+
+    def _remove_extra(self, key: str, parts: tuple[str, ...]) -> bool:
+        """Delete a local file S3 does not hold (never through a symlink: UnsafeKey).
+
+        A name that is not UTF-8 can be no key, so the ledger never hears of it (SQLite
+        could not even store it); ``key`` is then only its escaped ``shown_name``.
+        """
+        if not remove_file(self.config.directory, parts, key):
+            return False
+        if all(is_utf8(part) for part in parts):
+            self._ledger.record_absent(self.name, key)
+        return True
 
     def _gone(self, key: str, parts: tuple[str, ...], sequencer: str | None) -> Outcome:
         self._ledger.record_absent(self.name, key, sequencer)
@@ -364,7 +411,9 @@ class Mirror:
         entries = self._ledger.entries(self.name, under or self.config.prefix)
         plan = ReconcilePlan(under=under or self.config.prefix)
         wanted: set[str] = set()
-        for obj in remote:
+        for counted, obj in enumerate(remote, start=1):
+            if counted % PLAN_STEP == 0:
+                await asyncio.sleep(0)
             if is_folder_placeholder(obj.key):
                 continue
             try:
@@ -385,10 +434,12 @@ class Mirror:
             else:
                 plan.downloads.append((obj, parts))
         if self.config.delete:
-            for relative, _st in walk_files(directory):
+            for counted, (relative, _st) in enumerate(walk_files(directory), start=1):
+                if counted % PLAN_STEP == 0:
+                    await asyncio.sleep(0)
                 if relative not in wanted:
                     plan.deletions.append(
-                        (self.config.prefix + relative, tuple(relative.split("/")))
+                        (self.config.prefix + shown_name(relative), tuple(relative.split("/")))
                     )
         return plan
 
@@ -400,7 +451,7 @@ class Mirror:
     ) -> Executed:
         """Carry out a plan with ``concurrency`` parallel transfers."""
         failures: list[BaseException] = []
-        refused = 0
+        refused = downloaded = deleted = 0
         self.config.directory.mkdir(parents=True, exist_ok=True)
         for obj in plan.adopted:
             self._ledger.record_present(self.name, obj.key, obj.etag, obj.size, obj.mtime_ns)
@@ -409,19 +460,20 @@ class Mirror:
             work.put_nowait(item)
 
         async def worker() -> None:
+            nonlocal refused, downloaded
             while not work.empty():
                 obj, parts = work.get_nowait()
                 started = time.monotonic()
                 try:
                     applied = await self._fetch(obj.key, parts, None, if_match=obj.if_match)
                 except UnsafeKey as refusal:  # found only at write time (a collision)
-                    nonlocal refused
                     refused += 1
                     self._refused(refusal)
                 except Exception as exc:
                     log.error("%s: could not download %s: %s", self.name, obj.key, exc)
                     failures.append(exc)
                 else:
+                    downloaded += 1
                     self._applied(obj.key, applied, "reconcile", started)
                 if on_progress is not None:
                     on_progress(obj.size)
@@ -432,9 +484,21 @@ class Mirror:
         self._ledger.reset_sequencers(self.name, plan.under)
         for refusal in plan.refused:
             self._refused(refusal)
-        for key, parts in plan.deletions:
+        for counted, (key, parts) in enumerate(plan.deletions, start=1):
+            if counted % PLAN_STEP == 0:
+                await asyncio.sleep(0)
             started = time.monotonic()
-            if remove_file(self.config.directory, parts, key):
-                self._ledger.record_absent(self.name, key)
+            try:
+                removed = self._remove_extra(key, parts)
+            except UnsafeKey as refusal:  # swapped for a symlink since the plan: left alone
+                refused += 1
+                self._refused(refusal)
+                continue
+            except OSError as exc:
+                log.error("%s: could not delete %s: %s", self.name, key, exc)
+                failures.append(exc)
+                continue
+            if removed:
+                deleted += 1
                 self._applied(key, Applied("deleted"), "reconcile: not in S3", started)
-        return Executed(failures, refused)
+        return Executed(failures, refused, downloaded, deleted)

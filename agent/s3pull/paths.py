@@ -25,10 +25,12 @@ __all__ = [
     "AtomicWriter",
     "ensure_directory",
     "is_folder_placeholder",
+    "is_utf8",
     "local_stat",
     "remove_file",
     "remove_leftover_temp_files",
     "safe_parts",
+    "shown_name",
     "walk_files",
 ]
 
@@ -345,35 +347,92 @@ class AtomicWriter:
         self.abort()
 
 
+def _regular_files(root: Path) -> Iterator[tuple[str, int, os.DirEntry[str]]]:
+    """Yield ``(relative posix path, parent directory fd, entry)`` for every regular file
+    below ``root``, temporary files included.
+
+    Each directory is opened from its parent's file descriptor with ``O_NOFOLLOW``: one
+    swapped for a symlink (or a file) while we walk is skipped, never followed, so nothing
+    outside ``root`` is ever listed. A directory that cannot be read is skipped too. Only
+    the directories from ``root`` down to the current one are held open.
+    """
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    stack: list[tuple[str, int, Iterator[os.DirEntry[str]]]] = []
+    try:
+        stack.append(("", root_fd, iter(_list_directory(root_fd))))
+        while stack:
+            relative_dir, fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                os.close(fd)
+                continue
+            relative = f"{relative_dir}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:  # gone, or swapped for a symlink or a file since the listing
+                    continue
+                stack.append((f"{relative}/", child, iter(_list_directory(child))))
+            elif entry.is_file(follow_symlinks=False):
+                yield relative, fd, entry
+    finally:
+        for _relative, fd, _entries in stack:
+            os.close(fd)
+
+
+def _list_directory(fd: int) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(fd) as entries:
+            return list(entries)
+    except OSError:
+        return []  # unreadable, or removed while we walk: nothing to report below it
+
+
 def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """Yield ``(relative posix path, stat)`` for every regular file below ``root``.
 
-    Symlinks are neither followed nor reported; our temporary files are skipped.
+    Symlinks are neither followed nor reported; our temporary files are skipped. Names
+    are what the file system holds: one that is not UTF-8 comes surrogate-escaped (see
+    ``is_utf8`` and ``shown_name``).
     """
-    pending = [("", os.fspath(root))]
-    while pending:
-        relative_dir, directory = pending.pop()
+    for relative, _fd, entry in _regular_files(root):
+        if entry.name.startswith(TEMP_PREFIX):
+            continue
         try:
-            entries = list(os.scandir(directory))
+            st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        for entry in entries:
-            relative = f"{relative_dir}{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                pending.append((f"{relative}/", entry.path))
-            elif entry.is_file(follow_symlinks=False) and not entry.name.startswith(TEMP_PREFIX):
-                yield relative, entry.stat(follow_symlinks=False)
+        yield relative, st
+
+
+def is_utf8(name: str) -> bool:
+    """Can ``name`` (a path from the file system) be, or be part of, an S3 key? Keys are
+    UTF-8; a local name that is not comes from ``os.fsdecode`` with lone surrogates."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(name: str) -> str:
+    """``name`` as text that is always valid UTF-8: bytes that are not are escaped
+    (``caf\\xe9.txt``). For log lines and status, never for I/O."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def remove_leftover_temp_files(root: Path) -> int:
     """Delete temporary files a crash left behind below ``root``; return how many."""
     removed = 0
-    for directory, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            if name.startswith(TEMP_PREFIX):
-                try:
-                    os.unlink(os.path.join(directory, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+    for _relative, fd, entry in _regular_files(root):
+        if entry.name.startswith(TEMP_PREFIX):
+            try:
+                os.unlink(entry.name, dir_fd=fd)
+                removed += 1
+            except FileNotFoundError:
+                pass
     return removed

@@ -76,17 +76,19 @@ async def reconcile_all(
         sum(plan.download_bytes for _m, plan in plans),
     )
     advance: Callable[[int], None] = progress.advance
-    failed = refused_on_write = 0
+    failed = refused_on_act = downloaded = deleted = 0
     for mirror, plan in plans:
         executed = await mirror.execute(plan, concurrency, advance)
         failed += len(executed.failures)
-        refused_on_write += executed.refused
+        refused_on_act += executed.refused
+        downloaded += executed.downloaded
+        deleted += executed.deleted
     progress.finish()
     report = ReconcileReport(
-        downloaded=sum(len(plan.downloads) for _m, plan in plans) - failed - refused_on_write,
-        deleted=sum(len(plan.deletions) for _m, plan in plans),
+        downloaded=downloaded,
+        deleted=deleted,
         up_to_date=sum(plan.up_to_date for _m, plan in plans),
-        refused=sum(len(plan.refused) for _m, plan in plans) + refused_on_write,
+        refused=sum(len(plan.refused) for _m, plan in plans) + refused_on_act,
         failed=failed,
         seconds=time.monotonic() - started,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -16,6 +17,7 @@ from typing import Final
 from watchfiles import Change, awatch
 
 from s3pull.aws import TRANSIENT_ERRORS
+from s3pull.backoff import Backoff
 from s3pull.config import Config, load_config
 from s3pull.errors import ConfigError
 from s3pull.identity import InstanceMetadata, MetadataUnavailable
@@ -41,6 +43,10 @@ HEARTBEAT_INTERVAL_SECONDS: Final = 3600.0
 LIFECYCLE_POLL_SECONDS: Final = float(os.environ.get("S3PULL_LIFECYCLE_POLL_SECONDS", "15"))
 CONFIG_DEBOUNCE_MS: Final = 300
 DRIFT_DEBOUNCE_MS: Final = 200
+DRIFT_CHECK_MS: Final = 1000  # the longest a watch goes without checking its directories
+DRIFT_DIRECTORY_POLL_SECONDS: Final = 1.0  # while every watched directory is gone
+DRIFT_RECONCILE_ATTEMPTS: Final = 3
+DRIFT_RECONCILE_CONCURRENCY: Final = 8  # a directory that came back, reconciled
 
 
 async def config_file_changes(path: Path, requested: asyncio.Event, stop: asyncio.Event) -> None:
@@ -118,25 +124,140 @@ async def heartbeat(own: OwnQueue, queue_url: Callable[[], str]) -> None:
             log.warning("could not refresh the queue's heartbeat tag: %s", exc)
 
 
+def _directory_identity(directory: Path) -> tuple[int, int] | None:
+    """(device, inode) of a directory, or None when there is none: a directory deleted,
+    or replaced (``mv new old``), is a different one to watch."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
 async def local_drift(
     mirrors: Sequence[Mirror],
     repair: Callable[[Mirror, Path], Awaitable[None]],
     stop: asyncio.Event,
+    concurrency: int = DRIFT_RECONCILE_CONCURRENCY,
 ) -> None:
-    """Hand every file changed below a mirror's directory to ``repair``, until ``stop``."""
+    """Hand every file changed below a mirror's directory to ``repair``, until ``stop``.
+
+    A mirror directory that disappears is waited for (the next change recreates it);
+    once it is back it is reconciled, since whatever it held is gone, and watched again.
+    A watch that fails (a name watchfiles cannot decode, no inotify watches left) is
+    started again after a backoff. Nothing here ends the watcher but ``stop``.
+    """
     if not mirrors:
         return
-    async for changes in awatch(
-        *(m.config.directory for m in mirrors),
+    backoff = Backoff()
+    lost: list[Mirror] = []
+    while not stop.is_set():
+        watched = {m: _directory_identity(m.config.directory) for m in mirrors}
+        for mirror, identity in watched.items():
+            if identity is None and mirror not in lost:
+                log.warning(
+                    "%s: directory %s is gone: waiting for it (the next change recreates it)",
+                    mirror.name,
+                    mirror.config.directory,
+                )
+                lost.append(mirror)
+        for mirror in [m for m in lost if watched[m] is not None]:
+            lost.remove(mirror)
+            await _reconcile_returned(mirror, concurrency, stop)
+        present = {m: identity for m, identity in watched.items() if identity is not None}
+        if not present:
+            await _sleep_unless(stop, DRIFT_DIRECTORY_POLL_SECONDS)
+            continue
+        try:
+            await _watch(present, [m for m in mirrors if m not in present], repair, stop)
+        # watchfiles raises WatchfilesRustInternalError (a RuntimeError), wrapped in an
+        # ExceptionGroup by its task group, for a name it cannot decode (not UTF-8).
+        except (OSError, RuntimeError, ExceptionGroup) as exc:
+            delay = backoff.next()
+            causes = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
+            log.warning(
+                "local drift: watching stopped (%s); watching again in %.0f s",
+                "; ".join(f"{type(cause).__name__}: {cause}" for cause in causes),
+                delay,
+            )
+            await _sleep_unless(stop, delay)
+        else:
+            backoff.reset()
+
+
+async def _watch(
+    present: dict[Mirror, tuple[int, int]],
+    missing: list[Mirror],
+    repair: Callable[[Mirror, Path], Awaitable[None]],
+    stop: asyncio.Event,
+) -> None:
+    """Watch the directories in ``present`` until ``stop``, or until one of them is
+    deleted or replaced, or one of ``missing`` is back (then the caller starts over)."""
+
+    def moved() -> bool:
+        return any(_directory_identity(m.config.directory) != i for m, i in present.items()) or any(
+            _directory_identity(m.config.directory) is not None for m in missing
+        )
+
+    changes_seen = awatch(
+        *(m.config.directory for m in present),
         stop_event=stop,
         debounce=DRIFT_DEBOUNCE_MS,
         recursive=True,
         ignore_permission_denied=True,
-    ):
-        for _change, changed in sorted(changes, key=lambda c: c[1]):
-            path = Path(changed)
-            if path.name.startswith(TEMP_PREFIX):
-                continue
-            for mirror in mirrors:
-                if path.is_relative_to(mirror.config.directory):
-                    await repair(mirror, path)
+        # Hand back control now and then even when nothing changes, to notice a
+        # directory that came back (a deleted one has no watch left to report it).
+        rust_timeout=DRIFT_CHECK_MS,
+        yield_on_timeout=True,
+    )
+    try:
+        async for changes in changes_seen:
+            if moved():
+                return
+            for _change, changed in sorted(changes, key=lambda c: c[1]):
+                path = Path(changed)
+                if path.name.startswith(TEMP_PREFIX):
+                    continue
+                for mirror in present:
+                    if path.is_relative_to(mirror.config.directory):
+                        await repair(mirror, path)
+    finally:
+        await changes_seen.aclose()
+
+
+async def _reconcile_returned(mirror: Mirror, concurrency: int, stop: asyncio.Event) -> None:
+    """A mirror directory is back after it was deleted: make it equal to S3 again."""
+    log.warning("%s: directory %s is back: reconciling it", mirror.name, mirror.config.directory)
+    backoff = Backoff()
+    for attempt in range(1, DRIFT_RECONCILE_ATTEMPTS + 1):
+        try:
+            executed = await mirror.execute(await mirror.plan(), concurrency)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("%s: reconcile failed (attempt %d): %s", mirror.name, attempt, exc)
+        else:
+            if not executed.failures:
+                log.info(
+                    "%s: reconciled %s: %d downloaded, %d deleted",
+                    mirror.name,
+                    mirror.config.directory,
+                    executed.downloaded,
+                    executed.deleted,
+                )
+                return
+        if await _sleep_unless(stop, backoff.next()):
+            return
+    log.error(
+        "%s: could not reconcile %s after it came back; its events are still applied."
+        " Run `s3pull sync` or restart the agent to retry",
+        mirror.name,
+        mirror.config.directory,
+    )
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds``, or less if ``stop`` is set first; True when stopped."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
