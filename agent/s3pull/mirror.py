@@ -150,6 +150,7 @@ class Mirror:
         self._s3 = s3
         self._ledger = ledger
         self._observer = observer
+        self.directory_recreated = False
 
     def covers(self, bucket: str, key: str) -> bool:
         return self.config.covers(bucket, key)
@@ -185,6 +186,9 @@ class Mirror:
         if directory.is_dir():
             return
         directory.mkdir(parents=True, exist_ok=True)
+        # For the drift watcher: what the directory held is gone. Said here because a
+        # new directory may get the old one's inode, and then looks like the same one.
+        self.directory_recreated = True
         log.warning(
             "%s: directory %s was gone: recreated it; the rest comes back with a reconcile",
             self.name,

@@ -151,6 +151,7 @@ async def local_drift(
         return
     backoff = Backoff()
     lost: list[Mirror] = []
+    known = {m: _directory_identity(m.config.directory) for m in mirrors}
     while not stop.is_set():
         watched = {m: _directory_identity(m.config.directory) for m in mirrors}
         for mirror, identity in watched.items():
@@ -161,6 +162,13 @@ async def local_drift(
                     mirror.config.directory,
                 )
                 lost.append(mirror)
+            elif identity is not None and (
+                known[mirror] not in (None, identity) or mirror.directory_recreated
+            ):
+                # Deleted and made again (by a change, say) between two looks: it is
+                # back, just sooner than the watcher could see it gone.
+                lost.append(mirror)
+        known = watched
         for mirror in [m for m in lost if watched[m] is not None]:
             lost.remove(mirror)
             await _reconcile_returned(mirror, concurrency, stop)
@@ -195,8 +203,10 @@ async def _watch(
     deleted or replaced, or one of ``missing`` is back (then the caller starts over)."""
 
     def moved() -> bool:
-        return any(_directory_identity(m.config.directory) != i for m, i in present.items()) or any(
-            _directory_identity(m.config.directory) is not None for m in missing
+        return (
+            any(_directory_identity(m.config.directory) != i for m, i in present.items())
+            or any(m.directory_recreated for m in present)
+            or any(_directory_identity(m.config.directory) is not None for m in missing)
         )
 
     changes_seen = awatch(
@@ -228,6 +238,7 @@ async def _watch(
 async def _reconcile_returned(mirror: Mirror, concurrency: int, stop: asyncio.Event) -> None:
     """A mirror directory is back after it was deleted: make it equal to S3 again."""
     log.warning("%s: directory %s is back: reconciling it", mirror.name, mirror.config.directory)
+    mirror.directory_recreated = False
     backoff = Backoff()
     for attempt in range(1, DRIFT_RECONCILE_ATTEMPTS + 1):
         try:
