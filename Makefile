@@ -4,13 +4,22 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint check venv clean
+.PHONY: demo test test-localstack lint check venv clean
 
 demo: $(STAMP)
 	$(BIN)/s3pull demo
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The event path again on LocalStack (Python 3.13, installed into .localstack/ on first
+# use): the second emulator, whose events differ from moto's the way AWS's do.
+LOCALSTACK_TESTS := tests/test_agent.py tests/test_trigger.py tests/test_trust.py \
+	tests/test_dispatch.py tests/test_ordering.py tests/test_prefix_folder.py \
+	tests/test_forbidden.py tests/test_logs.py
+
+test-localstack: $(STAMP)
+	tests/localstack/run $(BIN)/pytest -q $(LOCALSTACK_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench
@@ -38,4 +47,4 @@ $(STAMP):
 -include bench/bench.mk packaging/packaging.mk
 
 clean:
-	rm -rf $(VENV) build agent/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .localstack build agent/*.egg-info .pytest_cache .mypy_cache .ruff_cache

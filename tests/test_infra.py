@@ -384,6 +384,7 @@ def name() -> str:
 # -- deployments -------------------------------------------------------------------------
 
 
+@pytest.mark.moto_only("deploys the CloudFormation template; LocalStack runs S3, SNS, SQS only")
 def test_new_bucket_and_shared_trigger_queue(moto_endpoint: str, name: str) -> None:
     s3, sns, sqs, iam = (client(moto_endpoint, s) for s in ("s3", "sns", "sqs", "iam"))
     stack = Stack(
@@ -472,6 +473,7 @@ def test_new_bucket_and_shared_trigger_queue(moto_endpoint: str, name: str) -> N
     assert record["s3"]["bucket"]["name"] == name
 
 
+@pytest.mark.moto_only("deploys the CloudFormation template; LocalStack runs S3, SNS, SQS only")
 def test_existing_bucket(moto_endpoint: str, name: str) -> None:
     s3, sqs = client(moto_endpoint, "s3"), client(moto_endpoint, "sqs")
     s3.create_bucket(Bucket=name)  # the bucket that was there before s3pull

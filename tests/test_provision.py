@@ -214,6 +214,7 @@ def test_terminated_lifecycle_state_drains_and_deprovisions(
     assert subscriptions_for(sns, pipeline.topic_arn, name) == []
 
 
+@pytest.mark.moto_only("gc asks EC2 which instances exist; LocalStack runs S3, SNS, SQS only")
 def test_gc_removes_queues_of_vanished_or_silent_servers_only(
     tmp_path: Path, pipeline: Pipeline, sqs: Any, moto_endpoint: str
 ) -> None:
