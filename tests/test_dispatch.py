@@ -29,6 +29,7 @@ from s3pull.inbox import Inbox, Message
 from s3pull.ledger import Ledger
 from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Applied, Mirror
+from s3pull.plan import execute, plan
 from s3pull.sources import Trust
 from s3pull.status import Stats
 from s3pull.stopping import StopSignal
@@ -363,8 +364,7 @@ async def test_an_event_older_than_one_s3_confirmed_is_skipped_until_a_reconcile
 
     # A reconcile resets what the ledger believes: after it, the same old sequencer on a
     # real delete is no longer stale, and S3 decides.
-    plan = await room.mirror.plan()
-    await room.mirror.execute(plan, concurrency=2)
+    await execute(room.mirror, await plan(room.mirror), concurrency=2)
     s3.delete_object(Bucket=pipeline.bucket, Key="data/seq.txt")
     applied = await room.mirror.apply(change(pipeline, "removed", "data/seq.txt", OLDER))
 

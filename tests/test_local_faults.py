@@ -27,7 +27,8 @@ from s3pull.emulator import Pipeline, client
 from s3pull.inbox import Inbox, Message
 from s3pull.ledger import Ledger
 from s3pull.metrics import Metrics, Recorder
-from s3pull.mirror import Mirror, RemoteObject
+from s3pull.mirror import Mirror
+from s3pull.plan import RemoteObject, execute, plan
 from s3pull.reconcile import reconcile_all
 from s3pull.sources import Trust
 from s3pull.status import Stats
@@ -145,15 +146,18 @@ async def test_extra_files_swapped_for_symlinks_after_the_plan_are_refused_not_f
     (room.directory / "extra.txt").write_bytes(b"extra")
     (room.directory / "sub").mkdir()
     (room.directory / "sub" / "inner.txt").write_bytes(b"extra too")
-    plan = await room.mirror.plan()
-    assert sorted(key for key, _parts in plan.deletions) == ["data/extra.txt", "data/sub/inner.txt"]
+    planned = await plan(room.mirror)
+    assert sorted(key for key, _parts in planned.deletions) == [
+        "data/extra.txt",
+        "data/sub/inner.txt",
+    ]
 
     # Between the plan and its execution, both are swapped for symlinks leading outside.
     (room.directory / "extra.txt").unlink()
     (room.directory / "extra.txt").symlink_to(outside / "precious.txt")
     shutil.rmtree(room.directory / "sub")
     (room.directory / "sub").symlink_to(outside)
-    executed = await room.mirror.execute(plan, 4)
+    executed = await execute(room.mirror, planned, 4)
 
     assert executed.refused == 2 and executed.failures == []
     assert (outside / "precious.txt").read_bytes() == b"precious"
@@ -271,12 +275,12 @@ async def test_planning_a_large_listing_keeps_the_event_loop_ticking(room: Room)
     # heap (pytest, botocore) would add a pause of its own, so none runs meanwhile.
     gc.disable()
     try:
-        plan = await room.mirror.plan(remote=remote)
+        planned = await plan(room.mirror, remote=remote)
     finally:
         gc.enable()
         ticker.cancel()
 
-    assert len(plan.downloads) == objects and len(plan.deletions) == 2_000
+    assert len(planned.downloads) == objects and len(planned.deletions) == 2_000
     # At least one tick per few hundred objects, and no step anywhere near a watchdog:
     # a loop blocked for the whole plan would show one tick and one long gap.
     assert len(gaps) >= 100, f"{len(gaps)} ticks while planning {objects} objects"

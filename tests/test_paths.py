@@ -21,10 +21,9 @@ from s3pull.paths import (
     AtomicWriter,
     local_stat,
     remove_file,
-    remove_leftover_temp_files,
     safe_parts,
-    walk_files,
 )
+from s3pull.walk import remove_leftover_temp_files, walk_files
 
 PREFIX = "prefix/"
 MTIME_NS = 1_700_000_000_123_456_789  # nanosecond precision on purpose

@@ -23,13 +23,13 @@ from s3pull.ledger import Ledger
 from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
-from s3pull.paths import remove_leftover_temp_files
 from s3pull.provision import OwnQueue
 from s3pull.reconcile import bootstrap
 from s3pull.sources import Trust, load_trust
 from s3pull.status import Stats, write_snapshot
 from s3pull.stopping import StopSignal, attempt
 from s3pull.trigger import Trigger
+from s3pull.walk import remove_leftover_temp_files
 from s3pull.watchers import (
     config_file_changes,
     heartbeat,

@@ -1,25 +1,24 @@
-"""Keep one local directory equal to one S3 prefix.
+"""Keep one local directory equal to one S3 prefix, one change at a time.
 
-``apply`` handles one event; ``plan``/``execute`` handle a full reconcile. Both treat the
-event as a hint only: what gets written is whatever S3 holds when we ask.
+``apply`` handles one event, ``repair`` one file changed on disk; the full reconcile
+(``plan``/``execute``) lives in ``s3pull.plan`` and uses the public methods here. Both
+treat the event as a hint only: what gets written is whatever S3 holds when we ask.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
 from s3pull.aws import is_gone
 from s3pull.config import MirrorConfig
-from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download, mtime_ns
+from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
 from s3pull.ledger import Entry, Ledger
@@ -31,25 +30,19 @@ from s3pull.paths import (
     remove_file,
     safe_parts,
     shown_name,
-    walk_files,
 )
+from s3pull.walk import walk_files
 
 __all__ = [
     "Applied",
     "CollisionPending",
-    "Executed",
     "Mirror",
+    "Observer",
     "Outcome",
-    "ReconcilePlan",
-    "RemoteObject",
+    "file_matches",
 ]
 
 log = logging.getLogger(__name__)
-
-# A plan costs about 44 us per object (a local stat through directory descriptors): it
-# hands the event loop back this often, so a listing of any size never starves the
-# watchdog ping or the queue (a few ms at a time).
-PLAN_STEP: Final = 64
 
 Outcome = Literal[
     "downloaded",  # the file now holds the object's current content
@@ -73,40 +66,6 @@ class Applied:
     size: int = 0  # bytes written (0 unless downloaded)
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteObject:
-    key: str
-    etag: str | None
-    size: int
-    mtime_ns: int
-    # Download only this version (ETag), or fail: a trigger manifest's promise.
-    if_match: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Executed:
-    failures: list[BaseException]
-    refused: int  # refused only when acted on: collisions, files swapped for symlinks
-    downloaded: int = 0
-    deleted: int = 0
-
-
-@dataclass(slots=True)
-class ReconcilePlan:
-    downloads: list[tuple[RemoteObject, tuple[str, ...]]] = field(default_factory=list)
-    # (key, path parts) of local files S3 does not hold. A name that is not UTF-8 can be
-    # no key: its "key" is shown escaped (``shown_name``), its parts are the real name.
-    deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
-    refused: list[UnsafeKey] = field(default_factory=list)
-    adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
-    up_to_date: int = 0
-    under: str = ""  # the prefix the listing covered
-
-    @property
-    def download_bytes(self) -> int:
-        return sum(remote.size for remote, _parts in self.downloads)
-
-
 class Observer(Protocol):
     """Told about every change a mirror applies or refuses (the daemon's counters)."""
 
@@ -115,7 +74,7 @@ class Observer(Protocol):
     def refused(self, mirror: str, refusal: UnsafeKey) -> None: ...
 
 
-def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
+def file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
     """Is the local file still exactly what we last wrote (not drifted)?"""
     return (
         entry is not None
@@ -124,11 +83,6 @@ def _file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
         and st.st_size == entry.size
         and st.st_mtime_ns == entry.mtime_ns
     )
-
-
-def _listed_matches(obj: RemoteObject, st: os.stat_result) -> bool:
-    """Does a file we hold no record of look like our download of the listed object?"""
-    return st.st_size == obj.size and st.st_mtime_ns == obj.mtime_ns
 
 
 def _confirmed_sequencer(event: ObjectChange | None, served_etag: str | None) -> str | None:
@@ -140,7 +94,7 @@ def _confirmed_sequencer(event: ObjectChange | None, served_etag: str | None) ->
 
 
 class Mirror:
-    """One ``[[mirror]]``: routes keys, applies changes, reconciles."""
+    """One ``[[mirror]]``: routes keys, applies changes, repairs drift."""
 
     def __init__(
         self, config: MirrorConfig, s3: Any, ledger: Ledger, observer: Observer | None = None
@@ -151,6 +105,16 @@ class Mirror:
         self._ledger = ledger
         self._observer = observer
         self.directory_recreated = False
+
+    @property
+    def s3(self) -> Any:
+        """The S3 client this mirror reads with (a reconcile lists through it too)."""
+        return self._s3
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger this mirror records in (a reconcile reads and resets it too)."""
+        return self._ledger
 
     def covers(self, bucket: str, key: str) -> bool:
         return self.config.covers(bucket, key)
@@ -170,9 +134,9 @@ class Mirror:
         try:
             applied = await self._apply(change)
         except UnsafeKey as refusal:
-            self._refused(refusal)
+            self.report_refused(refusal)
             return Applied("refused")
-        self._applied(change.key, applied, change.event_name, started)
+        self.report_applied(change.key, applied, change.event_name, started)
         return applied
 
     def _recreate_directory(self) -> None:
@@ -195,7 +159,7 @@ class Mirror:
             directory,
         )
 
-    def _applied(self, key: str, applied: Applied, how: str, started: float) -> None:
+    def report_applied(self, key: str, applied: Applied, how: str, started: float) -> None:
         """One log line per applied change, and the observer's counters."""
         log.info(
             "%s: %s %s (%s, %d bytes, %.0f ms)",
@@ -210,7 +174,8 @@ class Mirror:
         if self._observer is not None:
             self._observer.applied(self.name, key, applied)
 
-    def _refused(self, refusal: UnsafeKey) -> None:
+    def report_refused(self, refusal: UnsafeKey) -> None:
+        """One log line per refused key, and the observer's counters."""
         log.warning(
             "%s: %s", self.name, refusal, extra=journal_fields(mirror=self.name, key=refusal.key)
         )
@@ -237,16 +202,16 @@ class Mirror:
         except UnsafeKey:
             return None
         entry = self._ledger.get(self.name, key)
-        if _file_matches(entry, st) or (st is None and (entry is None or not entry.present)):
+        if file_matches(entry, st) or (st is None and (entry is None or not entry.present)):
             return None
         if await self._still_exists(key):
-            applied = await self._fetch(key, parts, None)
+            applied = await self.fetch(key, parts)
         elif st is not None and self.config.delete:
-            self._remove_extra(key, parts)
+            self.remove_extra(key, parts)
             applied = Applied("deleted")
         else:
             return None
-        self._applied(key, applied, "local drift", started)
+        self.report_applied(key, applied, "local drift", started)
         return applied
 
     async def _apply(self, change: ObjectChange) -> Applied:
@@ -271,6 +236,13 @@ class Mirror:
                 return False
             raise
         return True
+
+    async def fetch(self, key: str, parts: tuple[str, ...], if_match: str | None = None) -> Applied:
+        """Download ``key`` to ``parts`` whatever the ledger says (no conditional GET on
+        an ETag we hold), settling a file/directory collision on the way. With
+        ``if_match``, only that version will do. Raises ``UnsafeKey`` when it must not
+        be written."""
+        return await self._fetch(key, parts, None, if_match=if_match)
 
     async def _fetch(
         self,
@@ -301,7 +273,7 @@ class Mirror:
         if_match: str | None = None,
     ) -> Applied:
         st = local_stat(self.config.directory, parts, key)
-        current = entry.etag if entry is not None and _file_matches(entry, st) else None
+        current = entry.etag if entry is not None and file_matches(entry, st) else None
         result = await download(
             self._s3,
             self.config.bucket,
@@ -361,7 +333,7 @@ class Mirror:
                 " longer in S3 but this mirror keeps deleted files"
             )
         for key, parts in stale:
-            if self._remove_extra(key, parts):
+            if self.remove_extra(key, parts):
                 log.info(
                     "%s: deleted %s (no longer in S3, in the way of %s)",
                     self.name,
@@ -369,7 +341,7 @@ class Mirror:
                     collision.key,
                 )
 
-    def _remove_extra(self, key: str, parts: tuple[str, ...]) -> bool:
+    def remove_extra(self, key: str, parts: tuple[str, ...]) -> bool:
         """Delete a local file S3 does not hold (never through a symlink: UnsafeKey).
 
         A name that is not UTF-8 can be no key, so the ledger never hears of it (SQLite
@@ -386,123 +358,3 @@ class Mirror:
         if not self.config.delete:
             return "kept"
         return "deleted" if remove_file(self.config.directory, parts, key) else "absent"
-
-    # -- full reconcile -------------------------------------------------------------
-
-    async def list_remote(self, under: str | None = None) -> list[RemoteObject]:
-        """Every object under the mirror's prefix (or the narrower prefix ``under``)."""
-        paginator = self._s3.get_paginator("list_objects_v2")
-        objects: list[RemoteObject] = []
-        prefix = self.config.prefix if under is None else under
-        async for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
-            for item in page.get("Contents", ()):
-                etag = str(item.get("ETag", "")).strip('"') or None
-                objects.append(
-                    RemoteObject(
-                        item["Key"], etag, int(item["Size"]), mtime_ns(item["LastModified"])
-                    )
-                )
-        return objects
-
-    async def plan(
-        self, remote: list[RemoteObject] | None = None, under: str | None = None
-    ) -> ReconcilePlan:
-        """Compare a listing (of everything, or of ``under``) with the directory: what
-        to fetch, what to delete."""
-        if remote is None:
-            remote = await self.list_remote(under)
-        directory = self.config.directory
-        entries = self._ledger.entries(self.name, under or self.config.prefix)
-        plan = ReconcilePlan(under=under or self.config.prefix)
-        wanted: set[str] = set()
-        for counted, obj in enumerate(remote, start=1):
-            if counted % PLAN_STEP == 0:
-                await asyncio.sleep(0)
-            if is_folder_placeholder(obj.key):
-                continue
-            try:
-                parts = self.parts(obj.key)
-                st = local_stat(directory, parts, obj.key)
-            except UnsafeKey as refusal:
-                plan.refused.append(refusal)
-                continue
-            wanted.add("/".join(parts))
-            entry = entries.get(obj.key)
-            if _file_matches(entry, st) and entry is not None and entry.etag == obj.etag:
-                plan.up_to_date += 1
-            elif entry is None and st is not None and _listed_matches(obj, st):
-                # No ledger entry (a fresh ledger after a corrupt one was moved aside) but
-                # the size and whole-second mtime our downloads give: adopt, not download.
-                plan.adopted.append(obj)
-                plan.up_to_date += 1
-            else:
-                plan.downloads.append((obj, parts))
-        if self.config.delete:
-            for counted, (relative, _st) in enumerate(walk_files(directory), start=1):
-                if counted % PLAN_STEP == 0:
-                    await asyncio.sleep(0)
-                if relative not in wanted:
-                    plan.deletions.append(
-                        (self.config.prefix + shown_name(relative), tuple(relative.split("/")))
-                    )
-        return plan
-
-    async def execute(
-        self,
-        plan: ReconcilePlan,
-        concurrency: int,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> Executed:
-        """Carry out a plan with ``concurrency`` parallel transfers."""
-        failures: list[BaseException] = []
-        refused = downloaded = deleted = 0
-        self.config.directory.mkdir(parents=True, exist_ok=True)
-        for obj in plan.adopted:
-            self._ledger.record_present(self.name, obj.key, obj.etag, obj.size, obj.mtime_ns)
-        work: asyncio.Queue[tuple[RemoteObject, tuple[str, ...]]] = asyncio.Queue()
-        for item in plan.downloads:
-            work.put_nowait(item)
-
-        async def worker() -> None:
-            nonlocal refused, downloaded
-            while not work.empty():
-                obj, parts = work.get_nowait()
-                started = time.monotonic()
-                try:
-                    applied = await self._fetch(obj.key, parts, None, if_match=obj.if_match)
-                except UnsafeKey as refusal:  # found only at write time (a collision)
-                    refused += 1
-                    self._refused(refusal)
-                except Exception as exc:
-                    log.error("%s: could not download %s: %s", self.name, obj.key, exc)
-                    failures.append(exc)
-                else:
-                    downloaded += 1
-                    self._applied(obj.key, applied, "reconcile", started)
-                if on_progress is not None:
-                    on_progress(obj.size)
-
-        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, work.qsize())))))
-        # The listing is S3's word on every key it covered: no sequencer an event left
-        # behind may make a later event stale any more.
-        self._ledger.reset_sequencers(self.name, plan.under)
-        for refusal in plan.refused:
-            self._refused(refusal)
-        for counted, (key, parts) in enumerate(plan.deletions, start=1):
-            if counted % PLAN_STEP == 0:
-                await asyncio.sleep(0)
-            started = time.monotonic()
-            try:
-                removed = self._remove_extra(key, parts)
-            except UnsafeKey as refusal:  # swapped for a symlink since the plan: left alone
-                refused += 1
-                self._refused(refusal)
-                continue
-            except OSError as exc:
-                log.error("%s: could not delete %s: %s", self.name, key, exc)
-                failures.append(exc)
-                continue
-            if removed:
-                deleted += 1
-                self._applied(key, Applied("deleted"), "reconcile: not in S3", started)
-        return Executed(failures, refused, downloaded, deleted)

@@ -13,7 +13,6 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +20,7 @@ from types import TracebackType
 from s3pull.errors import PathCollision, UnsafeKey
 
 __all__ = [
+    "DIR_FLAGS",
     "TEMP_PREFIX",
     "AtomicWriter",
     "ensure_directory",
@@ -28,10 +28,8 @@ __all__ = [
     "is_utf8",
     "local_stat",
     "remove_file",
-    "remove_leftover_temp_files",
     "safe_parts",
     "shown_name",
-    "walk_files",
 ]
 
 # Temporary files live next to their target so the final rename is atomic. Keys whose
@@ -41,7 +39,8 @@ TEMP_PREFIX = ".s3pull-tmp-"
 NAME_MAX = 255  # bytes per path component on Linux file systems
 PATH_MAX = 4096  # bytes for a whole path
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Open a directory below the root: never through a symlink.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def is_folder_placeholder(key: str) -> bool:
@@ -89,7 +88,7 @@ def _open_child_dir(
     """
     for _ in range(2):  # a second pass covers a concurrent mkdir of the same directory
         try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
             if not create:
                 return None
@@ -99,7 +98,7 @@ def _open_child_dir(
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise _not_a_directory(parent_fd, name, key, here) from None
             raise
-    return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
 
 
 def _not_a_directory(parent_fd: int, name: str, key: str, here: tuple[str, ...]) -> UnsafeKey:
@@ -183,7 +182,7 @@ def _final_stat(parent_fd: int, parts: tuple[str, ...], key: str) -> os.stat_res
 def _remove_empty_dir(parent_fd: int, name: str) -> bool:
     """Remove directory ``name`` if it holds nothing but empty directories."""
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except OSError:
         return False  # not a directory, or a symlink: never touched
     try:
@@ -347,68 +346,6 @@ class AtomicWriter:
         self.abort()
 
 
-def _regular_files(root: Path) -> Iterator[tuple[str, int, os.DirEntry[str]]]:
-    """Yield ``(relative posix path, parent directory fd, entry)`` for every regular file
-    below ``root``, temporary files included.
-
-    Each directory is opened from its parent's file descriptor with ``O_NOFOLLOW``: one
-    swapped for a symlink (or a file) while we walk is skipped, never followed, so nothing
-    outside ``root`` is ever listed. A directory that cannot be read is skipped too. Only
-    the directories from ``root`` down to the current one are held open.
-    """
-    try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    stack: list[tuple[str, int, Iterator[os.DirEntry[str]]]] = []
-    try:
-        stack.append(("", root_fd, iter(_list_directory(root_fd))))
-        while stack:
-            relative_dir, fd, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                os.close(fd)
-                continue
-            relative = f"{relative_dir}{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                try:
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                except OSError:  # gone, or swapped for a symlink or a file since the listing
-                    continue
-                stack.append((f"{relative}/", child, iter(_list_directory(child))))
-            elif entry.is_file(follow_symlinks=False):
-                yield relative, fd, entry
-    finally:
-        for _relative, fd, _entries in stack:
-            os.close(fd)
-
-
-def _list_directory(fd: int) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(fd) as entries:
-            return list(entries)
-    except OSError:
-        return []  # unreadable, or removed while we walk: nothing to report below it
-
-
-def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield ``(relative posix path, stat)`` for every regular file below ``root``.
-
-    Symlinks are neither followed nor reported; our temporary files are skipped. Names
-    are what the file system holds: one that is not UTF-8 comes surrogate-escaped (see
-    ``is_utf8`` and ``shown_name``).
-    """
-    for relative, _fd, entry in _regular_files(root):
-        if entry.name.startswith(TEMP_PREFIX):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        yield relative, st
-
-
 def is_utf8(name: str) -> bool:
     """Can ``name`` (a path from the file system) be, or be part of, an S3 key? Keys are
     UTF-8; a local name that is not comes from ``os.fsdecode`` with lone surrogates."""
@@ -423,16 +360,3 @@ def shown_name(name: str) -> str:
     """``name`` as text that is always valid UTF-8: bytes that are not are escaped
     (``caf\\xe9.txt``). For log lines and status, never for I/O."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def remove_leftover_temp_files(root: Path) -> int:
-    """Delete temporary files a crash left behind below ``root``; return how many."""
-    removed = 0
-    for _relative, fd, entry in _regular_files(root):
-        if entry.name.startswith(TEMP_PREFIX):
-            try:
-                os.unlink(entry.name, dir_fd=fd)
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed

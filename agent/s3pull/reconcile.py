@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Final
 
 from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.backoff import Backoff
-from s3pull.mirror import Mirror, ReconcilePlan
+from s3pull.mirror import Mirror
+from s3pull.plan import ReconcilePlan, execute, plan
 
 if TYPE_CHECKING:  # only the daemon's bootstrap needs them; `sync` stays light
     from s3pull.metrics import Recorder
@@ -56,7 +57,7 @@ class ReconcileReport:
 async def plan_all(mirrors: Sequence[Mirror]) -> list[tuple[Mirror, ReconcilePlan]]:
     plans = []
     for mirror in mirrors:
-        plans.append((mirror, await mirror.plan()))
+        plans.append((mirror, await plan(mirror)))
     return plans
 
 
@@ -72,13 +73,13 @@ async def reconcile_all(
     if plans is None:
         plans = await plan_all(mirrors)
     progress.start(
-        sum(len(plan.downloads) for _m, plan in plans),
-        sum(plan.download_bytes for _m, plan in plans),
+        sum(len(planned.downloads) for _m, planned in plans),
+        sum(planned.download_bytes for _m, planned in plans),
     )
     advance: Callable[[int], None] = progress.advance
     failed = refused_on_act = downloaded = deleted = 0
-    for mirror, plan in plans:
-        executed = await mirror.execute(plan, concurrency, advance)
+    for mirror, planned in plans:
+        executed = await execute(mirror, planned, concurrency, advance)
         failed += len(executed.failures)
         refused_on_act += executed.refused
         downloaded += executed.downloaded
@@ -87,8 +88,8 @@ async def reconcile_all(
     report = ReconcileReport(
         downloaded=downloaded,
         deleted=deleted,
-        up_to_date=sum(plan.up_to_date for _m, plan in plans),
-        refused=sum(len(plan.refused) for _m, plan in plans) + refused_on_act,
+        up_to_date=sum(planned.up_to_date for _m, planned in plans),
+        refused=sum(len(planned.refused) for _m, planned in plans) + refused_on_act,
         failed=failed,
         seconds=time.monotonic() - started,
     )

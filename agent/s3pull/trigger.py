@@ -27,8 +27,9 @@ from s3pull.config import MirrorConfig, TriggerConfig
 from s3pull.errors import S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
 from s3pull.ledger import Ledger, patiently
-from s3pull.mirror import Mirror, Observer, RemoteObject
+from s3pull.mirror import Mirror, Observer
 from s3pull.paths import ensure_directory, safe_parts
+from s3pull.plan import RemoteObject, execute, list_remote, plan
 
 __all__ = ["Manifest", "Trigger", "TriggerFailed", "TriggerOutcome", "parse_manifest"]
 
@@ -151,12 +152,12 @@ class Trigger:
         tag = f"{self.name} {batch_prefix}"
         objects = await self._complete_batch(change.key, batch_prefix, marker.manifest, tag)
         async with self._slots:
-            plan = await self._files.plan(objects, under=batch_prefix)
-            if plan.refused:
+            batch = await plan(self._files, objects, under=batch_prefix)
+            if batch.refused:
                 # Running the business process on a batch with a file missing would be
                 # worse than not running it: refuse the batch as a whole.
-                raise plan.refused[0]
-            executed = await self._files.execute(plan, self._concurrency)
+                raise batch.refused[0]
+            executed = await execute(self._files, batch, self._concurrency)
             if executed.failures or executed.refused:
                 missing = len(executed.failures) + executed.refused
                 raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
@@ -222,7 +223,7 @@ class Trigger:
         deadline = time.monotonic() + self.config.manifest_timeout_seconds
         pause = MANIFEST_POLL_FIRST
         while True:
-            listing = await self._files.list_remote(under=batch_prefix)
+            listing = await list_remote(self._files, under=batch_prefix)
             objects = [obj for obj in listing if obj.key != marker_key]
             if manifest is None:
                 return objects

@@ -24,6 +24,7 @@ from s3pull.identity import InstanceMetadata, MetadataUnavailable
 from s3pull.metrics import Recorder
 from s3pull.mirror import Mirror
 from s3pull.paths import TEMP_PREFIX
+from s3pull.plan import execute, plan
 from s3pull.provision import OwnQueue
 from s3pull.stopping import StopSignal
 
@@ -242,7 +243,7 @@ async def _reconcile_returned(mirror: Mirror, concurrency: int, stop: asyncio.Ev
     backoff = Backoff()
     for attempt in range(1, DRIFT_RECONCILE_ATTEMPTS + 1):
         try:
-            executed = await mirror.execute(await mirror.plan(), concurrency)
+            executed = await execute(mirror, await plan(mirror), concurrency)
         except TRANSIENT_ERRORS as exc:
             log.warning("%s: reconcile failed (attempt %d): %s", mirror.name, attempt, exc)
         else:

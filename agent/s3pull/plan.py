@@ -1,0 +1,199 @@
+"""Full reconcile of one mirror: list the prefix, plan against the directory, execute.
+
+``list_remote`` -> ``plan`` (what to fetch, what to delete, what is refused) ->
+``execute`` (parallel downloads, then deletions). Every file is written and every
+outcome reported through the mirror's own methods (``Mirror.fetch``,
+``Mirror.remove_extra``, ``Mirror.report_applied``), so a reconcile and an event write
+the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from s3pull.download import mtime_ns
+from s3pull.errors import UnsafeKey
+from s3pull.mirror import Applied, Mirror, file_matches
+from s3pull.paths import is_folder_placeholder, local_stat, shown_name
+from s3pull.walk import walk_files
+
+__all__ = [
+    "PLAN_STEP",
+    "Executed",
+    "ReconcilePlan",
+    "RemoteObject",
+    "execute",
+    "list_remote",
+    "plan",
+]
+
+log = logging.getLogger(__name__)
+
+# A plan costs about 44 us per object (a local stat through directory descriptors): it
+# hands the event loop back this often, so a listing of any size never starves the
+# watchdog ping or the queue (a few ms at a time).
+PLAN_STEP: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    key: str
+    etag: str | None
+    size: int
+    mtime_ns: int
+    # Download only this version (ETag), or fail: a trigger manifest's promise.
+    if_match: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    failures: list[BaseException]
+    refused: int  # refused only when acted on: collisions, files swapped for symlinks
+    downloaded: int = 0
+    deleted: int = 0
+
+
+@dataclass(slots=True)
+class ReconcilePlan:
+    downloads: list[tuple[RemoteObject, tuple[str, ...]]] = field(default_factory=list)
+    # (key, path parts) of local files S3 does not hold. A name that is not UTF-8 can be
+    # no key: its "key" is shown escaped (``shown_name``), its parts are the real name.
+    deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    refused: list[UnsafeKey] = field(default_factory=list)
+    adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
+    up_to_date: int = 0
+    under: str = ""  # the prefix the listing covered
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(remote.size for remote, _parts in self.downloads)
+
+
+def _listed_matches(obj: RemoteObject, st: os.stat_result) -> bool:
+    """Does a file we hold no record of look like our download of the listed object?"""
+    return st.st_size == obj.size and st.st_mtime_ns == obj.mtime_ns
+
+
+async def list_remote(mirror: Mirror, under: str | None = None) -> list[RemoteObject]:
+    """Every object under the mirror's prefix (or the narrower prefix ``under``)."""
+    paginator = mirror.s3.get_paginator("list_objects_v2")
+    objects: list[RemoteObject] = []
+    prefix = mirror.config.prefix if under is None else under
+    async for page in paginator.paginate(Bucket=mirror.config.bucket, Prefix=prefix):
+        for item in page.get("Contents", ()):
+            etag = str(item.get("ETag", "")).strip('"') or None
+            objects.append(
+                RemoteObject(item["Key"], etag, int(item["Size"]), mtime_ns(item["LastModified"]))
+            )
+    return objects
+
+
+async def plan(
+    mirror: Mirror, remote: list[RemoteObject] | None = None, under: str | None = None
+) -> ReconcilePlan:
+    """Compare a listing (of everything, or of ``under``) with the directory: what
+    to fetch, what to delete."""
+    if remote is None:
+        remote = await list_remote(mirror, under)
+    directory = mirror.config.directory
+    entries = mirror.ledger.entries(mirror.name, under or mirror.config.prefix)
+    planned = ReconcilePlan(under=under or mirror.config.prefix)
+    wanted: set[str] = set()
+    for counted, obj in enumerate(remote, start=1):
+        if counted % PLAN_STEP == 0:
+            await asyncio.sleep(0)
+        if is_folder_placeholder(obj.key):
+            continue
+        try:
+            parts = mirror.parts(obj.key)
+            st = local_stat(directory, parts, obj.key)
+        except UnsafeKey as refusal:
+            planned.refused.append(refusal)
+            continue
+        wanted.add("/".join(parts))
+        entry = entries.get(obj.key)
+        if file_matches(entry, st) and entry is not None and entry.etag == obj.etag:
+            planned.up_to_date += 1
+        elif entry is None and st is not None and _listed_matches(obj, st):
+            # No ledger entry (a fresh ledger after a corrupt one was moved aside) but
+            # the size and whole-second mtime our downloads give: adopt, not download.
+            planned.adopted.append(obj)
+            planned.up_to_date += 1
+        else:
+            planned.downloads.append((obj, parts))
+    if mirror.config.delete:
+        for counted, (relative, _st) in enumerate(walk_files(directory), start=1):
+            if counted % PLAN_STEP == 0:
+                await asyncio.sleep(0)
+            if relative not in wanted:
+                planned.deletions.append(
+                    (mirror.config.prefix + shown_name(relative), tuple(relative.split("/")))
+                )
+    return planned
+
+
+async def execute(
+    mirror: Mirror,
+    plan: ReconcilePlan,
+    concurrency: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> Executed:
+    """Carry out a plan with ``concurrency`` parallel transfers."""
+    failures: list[BaseException] = []
+    refused = downloaded = deleted = 0
+    mirror.config.directory.mkdir(parents=True, exist_ok=True)
+    for obj in plan.adopted:
+        mirror.ledger.record_present(mirror.name, obj.key, obj.etag, obj.size, obj.mtime_ns)
+    work: asyncio.Queue[tuple[RemoteObject, tuple[str, ...]]] = asyncio.Queue()
+    for item in plan.downloads:
+        work.put_nowait(item)
+
+    async def worker() -> None:
+        nonlocal refused, downloaded
+        while not work.empty():
+            obj, parts = work.get_nowait()
+            started = time.monotonic()
+            try:
+                applied = await mirror.fetch(obj.key, parts, if_match=obj.if_match)
+            except UnsafeKey as refusal:  # found only at write time (a collision)
+                refused += 1
+                mirror.report_refused(refusal)
+            except Exception as exc:
+                log.error("%s: could not download %s: %s", mirror.name, obj.key, exc)
+                failures.append(exc)
+            else:
+                downloaded += 1
+                mirror.report_applied(obj.key, applied, "reconcile", started)
+            if on_progress is not None:
+                on_progress(obj.size)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, work.qsize())))))
+    # The listing is S3's word on every key it covered: no sequencer an event left
+    # behind may make a later event stale any more.
+    mirror.ledger.reset_sequencers(mirror.name, plan.under)
+    for refusal in plan.refused:
+        mirror.report_refused(refusal)
+    for counted, (key, parts) in enumerate(plan.deletions, start=1):
+        if counted % PLAN_STEP == 0:
+            await asyncio.sleep(0)
+        started = time.monotonic()
+        try:
+            removed = mirror.remove_extra(key, parts)
+        except UnsafeKey as refusal:  # swapped for a symlink since the plan: left alone
+            refused += 1
+            mirror.report_refused(refusal)
+            continue
+        except OSError as exc:
+            log.error("%s: could not delete %s: %s", mirror.name, key, exc)
+            failures.append(exc)
+            continue
+        if removed:
+            deleted += 1
+            mirror.report_applied(key, Applied("deleted"), "reconcile: not in S3", started)
+    return Executed(failures, refused, downloaded, deleted)
