@@ -226,7 +226,12 @@ async def test_the_drift_watcher_reconciles_and_watches_again_when_the_directory
     room.directory.mkdir()  # back (an operator, or the next change recreated it)
 
     # Everything was lost with it: reconciled...
-    await eventually(lambda: (room.directory / "deep" / "two.txt").exists())
+    # Both come back; the reconcile fetches them in parallel, so wait for each.
+    await eventually(
+        lambda: (
+            (room.directory / "deep" / "two.txt").exists() and (room.directory / "one.txt").exists()
+        )
+    )
     assert (room.directory / "one.txt").read_bytes() == b"one.txt"
     # ...and watched again: drift in the new directory is repaired.
     await asyncio.sleep(0.5)
