@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Agent, queue_depth, receive_bodies, render_config, wait_until
+from conftest import Agent, queue_depth, receive_bodies, render_config, run_s3pull, wait_until
 from s3pull.emulator import Pipeline, client, create_pipeline
 from s3pull.trigger import parse_manifest
 from test_agent import s3_event
@@ -93,6 +93,31 @@ def test_empty_marker_runs_the_command_on_the_listed_batch(
     wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="marker deleted")
     assert agent.stop() == 0
     assert len(runs(output)) == 1
+
+
+def test_an_empty_marker_with_no_files_runs_warns_and_is_counted(
+    s3: Any, pipeline: Pipeline, tmp_path: Path, start_agent: Callable[..., Agent]
+) -> None:
+    # Issue 16: the marker uploaded before its files ran the command on nothing and
+    # reported plain success. It still runs (the batch is what S3 lists), but says so.
+    config, output = trigger_config(tmp_path, pipeline)
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/early/_READY", Body=b"")
+
+    (run,) = wait_until(lambda: runs(output), what="the command to run")
+    assert run["files"] == []
+    agent.wait_for_log("orders: batch incoming/early/ succeeded-empty")
+    assert "running the command on an empty batch" in agent.log
+
+    def status() -> dict[str, Any]:
+        return dict(json.loads(run_s3pull("status", "--json", "--config", str(config)).stdout))
+
+    # The status file is rewritten on the daemon's next tick.
+    daemon = wait_until(lambda: status()["daemon"] if status()["daemon"]["trigger_runs"] else None)
+    assert daemon["counters"]["empty_batches"] == 1
+    assert [r["result"] for r in daemon["trigger_runs"]] == ["succeeded-empty"]
+    assert agent.stop() == 0
 
 
 def test_manifest_marker_first_waits_for_every_listed_file(

@@ -122,7 +122,7 @@ class Recorder:
         if result != "failed":  # ran, or will never run (skipped, refused)
             self.stats.cleared(f"trigger:{trigger}", batch)
         self.metrics.trigger_runs.labels(trigger, result).inc()
-        if result in ("succeeded", "failed"):
+        if result in ("succeeded", "succeeded-empty", "failed"):
             self.metrics.trigger_seconds.labels(trigger).observe(seconds)
 
     def reconciled(

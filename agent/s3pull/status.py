@@ -40,6 +40,10 @@ STILL_FAILING_SECONDS: Final = 3600.0
 EXAMPLES: Final = 3  # failing keys shown per mirror or trigger
 
 
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
 def _now() -> float:
     return time.time()
 
@@ -51,6 +55,7 @@ class Stats:
     errors: int = 0
     trigger_runs: int = 0
     trigger_failures: int = 0
+    empty_batches: int = 0  # commands run on a batch with no files
     phase: str = "starting"
     started_at: float = field(default_factory=_now)
     last_change_at: float | None = None
@@ -115,8 +120,10 @@ class Stats:
         self.recent_errors.append({"message": message, "at": _now()})
 
     def trigger_run(self, trigger: str, batch: str, result: str, seconds: float) -> None:
-        if result == "succeeded":
+        if result.startswith("succeeded"):
             self.trigger_runs += 1
+        if result == "succeeded-empty":
+            self.empty_batches += 1
         elif result == "failed":
             self.trigger_failures += 1
         self.recent_runs.append(
@@ -154,7 +161,9 @@ class Stats:
             else ""
         )
         runs = (
-            f", {self.trigger_runs} batches run, {self.trigger_failures} failed"
+            f", {_count(self.trigger_runs, 'batch', 'batches')} run,"
+            f" {self.trigger_failures} failed"
+            + (f" ({self.empty_batches} empty)" if self.empty_batches else "")
             if self.trigger_runs or self.trigger_failures
             else ""
         )
@@ -177,6 +186,7 @@ class Stats:
                 "errors": self.errors,
                 "trigger_runs": self.trigger_runs,
                 "trigger_failures": self.trigger_failures,
+                "empty_batches": self.empty_batches,
             },
             "lag_seconds": self.lag_seconds,
             "last_change_at": self.last_change_at,

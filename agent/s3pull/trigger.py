@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TriggerOutcome = Literal[
     "succeeded",  # the command ran and exited 0
+    "succeeded-empty",  # it ran and exited 0 on a batch with no files (warned, counted)
     "already-ran",  # this version of the marker object already ran (a replayed event)
     "superseded",  # the marker was overwritten since: its own event will run the batch
     "marker-gone",  # the marker was deleted before we got to it: the batch was withdrawn
@@ -151,6 +152,15 @@ class Trigger:
             return skip.outcome
         tag = f"{self.name} {batch_prefix}"
         objects = await self._complete_batch(change.key, batch_prefix, marker.manifest, tag)
+        if not objects:
+            # Per SPEC the batch is what S3 lists, so the command still runs; but an empty
+            # marker uploaded before its files is the likeliest cause: say so.
+            log.warning(
+                "%s: no files under %s besides the marker: running the command on an empty"
+                " batch (was the marker uploaded before its files?)",
+                tag,
+                batch_prefix,
+            )
         async with self._slots:
             batch = await plan(self._files, objects, under=batch_prefix)
             if batch.refused:
@@ -166,7 +176,7 @@ class Trigger:
         # The command ran: wait out another process's lock rather than hand the message
         # back, which would run it again.
         await patiently(self._ledger.record_trigger_run, self.name, marker.version, batch_prefix)
-        return "succeeded"
+        return "succeeded" if objects else "succeeded-empty"
 
     def _batch_parts(self, marker_key: str, batch_prefix: str) -> tuple[str, ...]:
         """The batch's path below the trigger's directory.
