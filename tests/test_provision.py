@@ -356,6 +356,73 @@ def test_check_names_the_first_broken_link(
         assert "BROKEN" in result.stdout
 
 
+def test_check_says_when_max_receive_count_and_the_queue_disagree(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    # Issue 16: with a fixed url the queue's redrive said 2, the configuration 5, and
+    # check said nothing. The agent does not change such a queue, so check must.
+    pipeline = create_pipeline(
+        moto_endpoint, f"redrive-{uuid.uuid4().hex[:12]}", max_receive_count=2
+    )
+    config = tmp_path / "redrive.toml"
+    mirror = {"name": "m", "bucket": pipeline.bucket, "prefix": "", "directory": tmp_path / "m"}
+    for configured, code in ((5, 1), (2, 0)):
+        config.write_text(
+            render_config(
+                pipeline, tmp_path / "state", [mirror], queue={"max_receive_count": configured}
+            )
+        )
+        result = s3pull("check", "--config", str(config))
+        assert result.returncode == code, result.stdout + result.stderr
+        if code:
+            assert "after 2 receive(s), but [queue] max_receive_count is 5" in result.stdout
+        else:
+            assert "dead-letters after 2 receive(s), as configured" in result.stdout
+
+
+def test_check_checks_this_server_too(tmp_path: Path, moto_endpoint: str) -> None:
+    # Issue 16: check passed a mirror that could not be written and a trigger command that
+    # does not exist; the agent then failed on every change.
+    pipeline = create_pipeline(moto_endpoint, f"host-{uuid.uuid4().hex[:12]}")
+    (tmp_path / "a-file").write_text("in the way of the mirror directory")
+    mirror = {
+        "name": "m",
+        "bucket": pipeline.bucket,
+        "prefix": "",
+        "directory": tmp_path / "a-file" / "m",
+    }
+    trigger = {
+        "name": "orders",
+        "bucket": pipeline.bucket,
+        "prefix": "in/",
+        "marker": "_READY",
+        "directory": tmp_path / "batches",
+        "command": [str(tmp_path / "no-such-program")],
+    }
+    config = tmp_path / "host.toml"
+    config.write_text(render_config(pipeline, tmp_path / "state", [mirror], [trigger]))
+
+    result = s3pull("check", "--config", str(config))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"PROBLEM mirror m: {tmp_path / 'a-file' / 'm'}: {tmp_path / 'a-file'} is not a directory"
+        in result.stdout
+    )
+    assert (
+        f"PROBLEM trigger orders: command {tmp_path / 'no-such-program'}: does not exist"
+        in result.stdout
+    )
+    assert "every link holds" in result.stdout  # the AWS side is fine: both are said
+    # Put right, check passes.
+    mirror["directory"] = tmp_path / "m"
+    trigger["command"] = ["/bin/true"]
+    config.write_text(render_config(pipeline, tmp_path / "state", [mirror], [trigger]))
+    result = s3pull("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok      directories writable, trigger commands executable" in result.stdout
+
+
 def test_check_probe_sees_a_synthetic_event_arrive(tmp_path: Path, moto_endpoint: str) -> None:
     pipeline = create_pipeline(moto_endpoint, f"probe-{uuid.uuid4().hex[:12]}")
     config = tmp_path / "probe.toml"

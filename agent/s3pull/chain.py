@@ -103,6 +103,30 @@ class ChainWalk:
         _say(f"queue {url} exists")
         return str(attributes["QueueArn"]), attributes.get("Policy")
 
+    async def redrive(self, url: str) -> None:
+        """The queue's own redrive policy decides when a message is dead-lettered; with a
+        fixed ``url`` the agent never changes it, so ``max_receive_count`` must agree."""
+        attributes = (
+            await self.clients.sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["RedrivePolicy"]
+            )
+        )["Attributes"]
+        redrive = attributes.get("RedrivePolicy")
+        if not redrive:
+            raise Broken(
+                f"queue {url} has no dead-letter queue (RedrivePolicy): a message that keeps"
+                " failing is retried until its retention ends, then lost"
+            )
+        receives = int(json.loads(redrive).get("maxReceiveCount", 0))
+        wanted = self.config.queue.max_receive_count
+        if receives != wanted:
+            raise Broken(
+                f"queue {url} dead-letters a message after {receives} receive(s), but"
+                f" [queue] max_receive_count is {wanted} in {self.config.path}; the agent"
+                " does not change a queue it did not provision: make them agree"
+            )
+        _say(f"queue {url} dead-letters after {receives} receive(s), as configured")
+
     async def route(self, route: Route) -> None:
         queue_arn, queue_policy = await self.queue(route.queue_url)
         s3 = self.clients.s3
@@ -266,6 +290,7 @@ async def walk_chain(config: Config, identity: Identity | None, probe: bool) -> 
             own_url = await _own_queue_url(clients, config, identity)
             for route in _routes(config, own_url):
                 await walk.route(route)
+            await walk.redrive(own_url)
             if probe:
                 await walk.probe(own_url)
         except Broken as broken:

@@ -317,6 +317,7 @@ async def identify(config: Config) -> Identity:
 
 async def check(config: Config, probe: bool) -> int:
     from s3pull.chain import walk_chain
+    from s3pull.host import host_problems
 
     print(f"configuration OK: {config.path}")
     for mirror in config.mirrors:
@@ -327,8 +328,15 @@ async def check(config: Config, probe: bool) -> int:
         )
     for trigger in config.triggers:
         print(f"  trigger {trigger.name}: s3://{trigger.bucket}/{trigger.prefix}*/{trigger.marker}")
+    problems = host_problems(config)
+    print("this server:")
+    for problem in problems:
+        print(f"  PROBLEM {problem}")
+    if not problems:
+        print("  ok      directories writable, trigger commands executable")
     identity = await identify(config) if config.queue.topic_arn else None
-    return await walk_chain(config, identity, probe=probe)
+    chain = await walk_chain(config, identity, probe=probe)
+    return 1 if problems else chain
 
 
 async def sync(config: Config, dry_run: bool) -> int:

@@ -1,0 +1,72 @@
+"""``s3pull check``, this server's side: what the agent needs of the machine it runs on.
+
+Checked as the user running ``check``: run it as the service user (``sudo -u s3pull``) to
+learn what the service will find. Changes nothing on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from s3pull.config import Config
+
+__all__ = ["host_problems"]
+
+
+def host_problems(config: Config) -> list[str]:
+    """Each thing on this server that would stop the agent, in words an operator can act
+    on; empty when all is well."""
+    problems: list[str] = []
+    state = config.agent.state_directory
+    if (problem := _writable(state)) is not None:
+        problems.append(f"state directory {state}: {problem}")
+    for mirror in config.mirrors:
+        if (problem := _writable(mirror.directory)) is not None:
+            problems.append(f"mirror {mirror.name}: {mirror.directory}: {problem}")
+    for trigger in config.triggers:
+        if (problem := _writable(trigger.directory)) is not None:
+            problems.append(f"trigger {trigger.name}: {trigger.directory}: {problem}")
+        if (problem := _runnable(trigger.command[0])) is not None:
+            problems.append(f"trigger {trigger.name}: command {trigger.command[0]}: {problem}")
+    return problems
+
+
+def _writable(directory: Path) -> str | None:
+    """A directory the agent can write in, or create (its nearest existing parent is
+    writable)."""
+    existing = directory
+    while not existing.exists():
+        if existing.parent == existing:
+            return "no part of the path exists"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == directory else f"cannot be created in {existing}"
+        return f"{what} by {_user()}"
+    return None
+
+
+def _runnable(program: str) -> str | None:
+    """Found and executable, as the agent would run it (no shell, the clean PATH)."""
+    if "/" in program:
+        path = Path(program)
+        if not path.exists():
+            return "does not exist"
+        if path.is_dir() or not os.access(path, os.X_OK):
+            return f"is not executable by {_user()}"
+        return None
+    if shutil.which(program) is None:
+        return f"not found on PATH ({os.environ.get('PATH', '')})"
+    return None
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.geteuid()}"
