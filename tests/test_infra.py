@@ -375,6 +375,97 @@ def statements(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {statement["Sid"]: statement for statement in policy["Statement"]}
 
 
+OWN_INSTANCE = "${aws:ResourceTag/s3pull:instance-id}"
+NEW_QUEUE_INSTANCE = "${aws:RequestTag/s3pull:instance-id}"
+
+
+def check_least_privilege(stack: Stack, policy: dict[str, dict[str, Any]]) -> None:
+    """What the servers' role and the gc policy say (moto enforces neither): a server
+    changes, consumes, deletes only queues tagged with its own instance id, creates only
+    queues so tagged, never unsubscribes; gc's rights are in a policy of their own."""
+    from s3pull.provision import INSTANCE_TAG
+
+    assert OWN_INSTANCE == "${aws:ResourceTag/" + INSTANCE_TAG + "}"  # the agent's tag key
+    account, prefix = stack.pseudo["AWS::AccountId"], stack.parameters["QueueNamePrefix"]
+    queues = f"arn:aws:sqs:us-east-1:{account}:{prefix}*"
+    instance = f"arn:aws:ec2:*:{account}:instance/"
+    writes = {
+        "sqs:CreateQueue", "sqs:SetQueueAttributes", "sqs:TagQueue", "sqs:UntagQueue",
+        "sqs:DeleteQueue", "sqs:PurgeQueue", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility", "sqs:AddPermission", "sqs:RemovePermission",
+    }  # fmt: skip
+
+    def actions(statement: dict[str, Any]) -> set[str]:
+        action = statement["Action"]
+        return {action} if isinstance(action, str) else set(action)
+
+    for sid, statement in policy.items():
+        granted = actions(statement)
+        assert not any("*" in action for action in granted), f"{sid}: wildcard action"
+        assert not granted & {"sns:Unsubscribe", "sns:SetSubscriptionAttributes"}, (
+            f"{sid}: IAM cannot narrow {sorted(granted)} to one subscription"
+        )
+        assert "ec2:DescribeInstances" not in granted, f"{sid}: gc's right, not a server's"
+        if statement["Effect"] != "Allow" or not granted & writes:
+            continue
+        if sid == "ConsumeSharedTriggerQueue":  # competing consumers: receive, never manage
+            assert statement["Resource"] == stack.outputs["SharedTriggerQueueArn"]
+            assert granted & writes == {
+                "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"
+            }  # fmt: skip
+            continue
+        # Every allowed write to a queue is bound to the caller's instance.
+        condition = statement["Condition"]["StringLike"]["ec2:SourceInstanceARN"]
+        assert statement["Resource"] == queues, sid
+        if granted == {"sqs:CreateQueue"} or sid == "TagNewQueuesAsOwn":
+            assert condition == instance + NEW_QUEUE_INSTANCE, sid
+        else:
+            assert condition == instance + OWN_INSTANCE, sid
+    assert policy["TagNewQueuesAsOwn"]["Condition"]["Null"] == {
+        f"aws:ResourceTag/{INSTANCE_TAG}": "true"
+    }
+    assert actions(policy["TagNewQueuesAsOwn"]) == {"sqs:TagQueue"}
+    assert {"sqs:DeleteQueue", "sqs:ReceiveMessage", "sqs:SetQueueAttributes"} <= actions(
+        policy["ManageOwnQueues"]
+    )
+    assert policy["SubscribeOwnQueues"]["Condition"]["StringLike"] == {"sns:Endpoint": queues}
+
+    # gc: its own managed policy, not attached to the servers' role.
+    iam = client(stack.endpoint, "iam")
+    gc_arn = stack.outputs["GcPolicyArn"]
+    assert gc_arn == stack.physical_ids["S3PullGcPolicy"]
+    version = iam.get_policy(PolicyArn=gc_arn)["Policy"]["DefaultVersionId"]
+    document = iam.get_policy_version(PolicyArn=gc_arn, VersionId=version)["PolicyVersion"][
+        "Document"
+    ]
+    if isinstance(document, str):
+        document = (
+            json.loads(unquote_plus(document))
+            if document.startswith("%")
+            else (json.loads(document))
+        )
+    gc = {s["Sid"]: s for s in document["Statement"] if s is not None}
+    assert actions(gc["DeleteAgentQueues"]) == {"sqs:DeleteQueue"}
+    assert gc["DeleteAgentQueues"]["Resource"] == queues
+    assert gc["DeleteAgentQueues"]["Condition"] == {
+        "Null": {f"aws:ResourceTag/{INSTANCE_TAG}": "false"}
+    }
+    assert actions(gc["RemoveDanglingSubscriptions"]) == {
+        "sns:ListSubscriptionsByTopic",
+        "sns:Unsubscribe",
+    }
+    assert gc["RemoveDanglingSubscriptions"]["Resource"] == stack.outputs["TopicArn"]
+    assert actions(gc["FindInstances"]) == {"ec2:DescribeInstances"}
+    role = stack.outputs["InstanceRoleName"]
+    attached = iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
+    assert gc_arn not in [p["PolicyArn"] for p in attached]
+    if stack.condition("CreateSharedTriggerQueue"):
+        never = policy["NeverManageSharedQueues"]
+        assert never["Effect"] == "Deny"
+        assert {"sqs:TagQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes"} <= actions(never)
+        assert stack.outputs["SharedTriggerQueueArn"] in never["Resource"]
+
+
 @pytest.fixture
 def name() -> str:
     # A valid stack name and bucket name, fresh for every test.
@@ -432,6 +523,7 @@ def test_new_bucket_and_shared_trigger_queue(moto_endpoint: str, name: str) -> N
     role_tags = iam.list_role_tags(RoleName=outputs["InstanceRoleName"])["Tags"]
     assert {"Key": "s3pull-bucket", "Value": name} in role_tags
     assert policy["ConsumeSharedTriggerQueue"]["Resource"] == outputs["SharedTriggerQueueArn"]
+    check_least_privilege(stack, policy)
 
     assert apply_what_moto_skips(stack) == [
         "TopicPolicy",
@@ -490,6 +582,7 @@ def test_existing_bucket(moto_endpoint: str, name: str) -> None:
     assert policy["ReadObjects"]["Resource"] == ["arn:*:s3:::${aws:PrincipalTag/s3pull-bucket}/*"]
     assert "Condition" not in policy["ListPrefixes"]
     assert "ConsumeSharedTriggerQueue" not in policy
+    check_least_privilege(stack, policy)
 
     assert apply_what_moto_skips(stack) == ["TopicPolicy"]
     # What infra/README.md tells the operator to run on an existing bucket:

@@ -82,8 +82,13 @@ def queue_policy(queue_arn: str, topic_arn: str) -> str:
     )
 
 
-async def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> tuple[str, str]:
-    """Create the queue, or bring an existing one to these attributes; (url, arn)."""
+async def _ensure_queue(
+    sqs: Any, name: str, attributes: dict[str, str], tags: dict[str, str]
+) -> tuple[str, str]:
+    """Create the queue, or bring an existing one to these attributes; (url, arn).
+
+    A new queue is tagged in CreateQueue itself: the role (infra/s3pull.yaml) lets a
+    server create only queues tagged with its own instance id, and change only those."""
     try:
         url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
     except ClientError as exc:
@@ -91,7 +96,7 @@ async def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> tupl
             raise
         # CreateQueue is idempotent only for identical attributes, so an existing queue
         # is updated with SetQueueAttributes instead.
-        url = (await sqs.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
+        url = (await sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags))["QueueUrl"]
         log.info("created queue %s", name)
     else:
         await sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
@@ -112,9 +117,13 @@ async def _ensure_subscription(sns: Any, topic_arn: str, queue_arn: str) -> str:
     async for subscription in _subscriptions(sns, topic_arn):
         if subscription.get("Endpoint") == queue_arn and subscription.get("Protocol") == "sqs":
             arn = str(subscription["SubscriptionArn"])
-            await sns.set_subscription_attributes(
-                SubscriptionArn=arn, AttributeName="RawMessageDelivery", AttributeValue="true"
-            )
+            # Read first: the servers' role may not SetSubscriptionAttributes (it cannot be
+            # narrowed to one subscription), and a subscription made here is raw already.
+            attributes = (await sns.get_subscription_attributes(SubscriptionArn=arn))["Attributes"]
+            if attributes.get("RawMessageDelivery") != "true":
+                await sns.set_subscription_attributes(
+                    SubscriptionArn=arn, AttributeName="RawMessageDelivery", AttributeValue="true"
+                )
             return arn
     response = await sns.subscribe(
         TopicArn=topic_arn,
@@ -146,6 +155,7 @@ async def provision(
             "MessageRetentionPeriod": str(DEAD_LETTER_RETENTION_SECONDS),
             "SqsManagedSseEnabled": "true",
         },
+        tags,
     )
     queue_url, queue_arn = await _ensure_queue(
         sqs,
@@ -158,6 +168,7 @@ async def provision(
                 {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": max_receive_count}
             ),
         },
+        tags,
     )
     # The policy names the queue's own ARN, so it can only be set once the queue exists.
     await sqs.set_queue_attributes(
@@ -204,8 +215,17 @@ def _queue_arn(topic_arn: str, queue_name: str) -> str:
 
 
 async def deprovision(sqs: Any, sns: Any, *, topic_arn: str, queue_name: str) -> None:
-    """Remove this server's subscription, queue and dead-letter queue. Idempotent."""
-    await _unsubscribe_queue(sns, topic_arn, _queue_arn(topic_arn, queue_name))
+    """Remove this server's subscription, queue and dead-letter queue. Idempotent.
+
+    The servers' role (infra/s3pull.yaml) has no sns:Unsubscribe: IAM cannot narrow it to
+    one's own subscription. Refused, the subscription is left to `s3pull gc` (it removes
+    subscriptions whose queue is gone) and the queues are deleted all the same."""
+    try:
+        await _unsubscribe_queue(sns, topic_arn, _queue_arn(topic_arn, queue_name))
+    except ClientError as exc:
+        if error_code(exc) not in ("AuthorizationError", "AccessDenied"):
+            raise
+        log.warning("may not unsubscribe %s (%s): left for s3pull gc", queue_name, error_code(exc))
     await _delete_queue(sqs, queue_name)
     await _delete_queue(sqs, queue_name + DEAD_LETTER_SUFFIX)
 
