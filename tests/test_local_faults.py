@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ from s3pull.aws import Clients, open_clients
 from s3pull.config import Config, parse_config
 from s3pull.dispatch import Consumer, Dispatcher
 from s3pull.emulator import Pipeline, client
+from s3pull.events import ObjectChange
 from s3pull.inbox import Inbox, Message
 from s3pull.ledger import Ledger
 from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Mirror
-from s3pull.plan import RemoteObject, execute, plan
+from s3pull.plan import RemoteObject, execute, list_remote, plan
 from s3pull.reconcile import reconcile_all
 from s3pull.sources import Trust
 from s3pull.status import Stats
@@ -200,7 +202,7 @@ async def test_a_change_is_handed_back_while_the_directory_cannot_be_recreated(
 
 async def drift_watcher(room: Room) -> AsyncIterator[asyncio.Task[None]]:
     stop = asyncio.Event()
-    task = asyncio.create_task(local_drift([room.mirror], room.dispatcher.repair, stop))
+    task = asyncio.create_task(local_drift([room.mirror], room.dispatcher, stop))
     await asyncio.sleep(0.5)  # the inotify watches are in place
     yield task
     stop.set()
@@ -290,3 +292,31 @@ async def test_planning_a_large_listing_keeps_the_event_loop_ticking(room: Room)
     # a loop blocked for the whole plan would show one tick and one long gap.
     assert len(gaps) >= 100, f"{len(gaps)} ticks while planning {objects} objects"
     assert max(gaps) < 0.5, f"the loop stalled for {max(gaps):.3f} s"
+
+
+# -- a reconcile beside live events (the drift watcher's) -------------------------------
+
+
+async def test_a_reconcile_beside_events_never_deletes_what_an_event_brought_after_its_listing(
+    room: Room, s3: Any, pipeline: Pipeline
+) -> None:
+    # The listing is read first and the disk walked after it: an object uploaded in
+    # between, applied by its event, is on disk but not in the listing.
+    s3.put_object(Bucket=pipeline.bucket, Key="data/old.txt", Body=b"old")
+    listing = await list_remote(room.mirror)
+    s3.put_object(Bucket=pipeline.bucket, Key="data/new.txt", Body=b"new")
+    change = ObjectChange(
+        "created", "ObjectCreated:Put", pipeline.bucket, "data/new.txt", "2026-11-30T10:00:00Z"
+    )
+    assert (await room.mirror.apply(change)).outcome == "downloaded"
+    planned = await plan(room.mirror, remote=listing)
+    assert [key for key, _parts in planned.deletions] == ["data/new.txt"]  # what went wrong
+
+    def hold(key: str) -> AbstractAsyncContextManager[None]:
+        return room.dispatcher.holding(room.mirror, key)
+
+    executed = await execute(room.mirror, planned, 2, hold=hold)
+
+    assert (room.directory / "new.txt").read_bytes() == b"new"
+    assert (room.directory / "old.txt").read_bytes() == b"old"
+    assert executed.deleted == 0 and not executed.failures

@@ -160,3 +160,32 @@ def test_a_deleted_mirror_directory_is_recreated_reconciled_and_watched_again(
     wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
     assert queue_depth(pipeline, pipeline.dead_letter_url) == 0  # nothing dead-lettered
     assert agent.stop() == 0
+
+
+def test_a_mirror_directory_that_cannot_be_made_does_not_stop_the_others(
+    tmp_path: Path, pipeline: Pipeline, s3: Any, start_agent: Callable[..., Agent]
+) -> None:
+    # Review finding: one such directory made the daemon exit 1 at every start.
+    (tmp_path / "a-file").write_text("where the second mirror's parent should be")
+    good = {
+        "name": "data",
+        "bucket": pipeline.bucket,
+        "prefix": "data/",
+        "directory": tmp_path / "m",
+    }
+    bad = {
+        "name": "other",
+        "bucket": pipeline.bucket,
+        "prefix": "other/",
+        "directory": tmp_path / "a-file" / "m",
+    }
+    config = tmp_path / "s3pull.toml"
+    config.write_text(render_config(pipeline, tmp_path / "state", [good, bad]))
+    agent = start_agent(config)
+    agent.wait_ready()
+
+    s3.put_object(Bucket=pipeline.bucket, Key="data/x.txt", Body=b"x")
+    wait_until(lambda: (tmp_path / "m" / "x.txt").exists(), what="the good mirror's change")
+    assert "cannot be used, its changes wait" in agent.log
+    assert agent.process.poll() is None
+    assert agent.stop() == 0

@@ -200,7 +200,13 @@ class Daemon:
         try:
             await self._startup(clients, consumers, mirrors)
             if not self.stop.stopping:
-                drift = local_drift(mirrors, self.dispatcher.repair, self.stop.serve)
+                drift = local_drift(
+                    mirrors,
+                    self.dispatcher,
+                    self.stop.serve,
+                    self.recorder,
+                    self.config.agent.concurrency,
+                )
                 helpers.append(asyncio.create_task(drift))
                 await self._main_loop(consumers, mirrors)
             await self._shutdown()
@@ -247,8 +253,16 @@ class Daemon:
             t.config.directory for c in consumers for t in c.triggers
         ]
         for directory in dict.fromkeys(directories):
-            directory.mkdir(parents=True, exist_ok=True)
-            removed = remove_leftover_temp_files(directory)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                # A walk of the whole tree: off the loop, which must keep ticking.
+                removed = await asyncio.to_thread(remove_leftover_temp_files, directory)
+            except OSError as exc:
+                # One directory that cannot be made must not stop the others: its own
+                # changes are handed back until it can be, and status says so.
+                self.recorder.error("disk", f"{directory}: {exc}")
+                log.error("%s: cannot be used, its changes wait: %s", directory, exc)
+                continue
             if removed:
                 log.info(
                     "%s: removed %d temporary file(s) left by an earlier run", directory, removed

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -282,6 +283,11 @@ class Dispatcher:
 
     def _trigger_done(self, trigger: Trigger, batch: str, result: str, started: float) -> None:
         self._recorder.trigger_done(trigger.name, batch, result, time.monotonic() - started)
+
+    def holding(self, mirror: Mirror, key: str) -> AbstractAsyncContextManager[None]:
+        """The lock every change to ``key`` of ``mirror`` takes (for a concurrent
+        reconcile)."""
+        return self._key_locks.hold((mirror.name, key))
 
     # -- local drift -----------------------------------------------------------------
 

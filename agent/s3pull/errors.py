@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "LedgerBusy",
+    "LedgerUnavailable",
     "PathCollision",
     "S3PullError",
     "UnparseableBody",
@@ -63,3 +64,9 @@ class LedgerBusy(S3PullError, OSError):
     briefly unavailable. Every caller already treats OSError as transient (a message is
     handed back, a start-up reconcile retried), and none of them waits for it.
     """
+
+
+class LedgerUnavailable(S3PullError, OSError):
+    """The ledger cannot be read or written (disk full, an I/O error, a read-only file):
+    a local fault, handled like any other OSError (the change is handed back, a
+    reconcile retried), never one that stops the daemon."""

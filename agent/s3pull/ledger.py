@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, ParamSpec, TypeVar
 
-from s3pull.errors import LedgerBusy
+from s3pull.errors import LedgerBusy, LedgerUnavailable
 from s3pull.events import sequencer_newer
 
 __all__ = ["BUSY_TIMEOUT", "Entry", "Ledger", "patiently", "plausible_sequencer"]
@@ -217,7 +217,7 @@ class Ledger:
             if _is_busy(exc):
                 raise LedgerBusy(f"ledger {self.path} is locked by another process") from exc
             if not _is_corrupt(exc):
-                raise
+                raise LedgerUnavailable(f"ledger {self.path}: {exc}") from exc
             aside = self._replace(exc)
         if self.on_rebuilt is not None:
             self.on_rebuilt(aside)

@@ -204,7 +204,7 @@ class Mirror:
         entry = self._ledger.get(self.name, key)
         if file_matches(entry, st) or (st is None and (entry is None or not entry.present)):
             return None
-        if await self._still_exists(key):
+        if await self.exists_in_s3(key):
             applied = await self.fetch(key, parts)
         elif st is not None and self.config.delete:
             self.remove_extra(key, parts)
@@ -220,13 +220,13 @@ class Mirror:
         parts = self.parts(change.key)
         if self._ledger.is_stale(self.name, change.key, change.sequencer):
             return Applied("stale")
-        if change.kind == "removed" and await self._still_exists(change.key) is False:
+        if change.kind == "removed" and await self.exists_in_s3(change.key) is False:
             # S3 confirms the removal: this event's sequencer becomes the bar.
             return Applied(self._gone(change.key, parts, change.sequencer))
         entry = self._ledger.get(self.name, change.key)
         return await self._fetch(change.key, parts, entry, change)
 
-    async def _still_exists(self, key: str) -> bool:
+    async def exists_in_s3(self, key: str) -> bool:
         """HEAD the object: a remove event is only believed once S3 agrees (a 403 once
         a listing agrees too: see ``is_gone``)."""
         try:
@@ -259,7 +259,7 @@ class Mirror:
             return await self._fetch_once(key, parts, entry, event, if_match)
         except PathCollision as collision:
             # A late event for a key S3 no longer holds: nothing to write, no collision.
-            if not await self._still_exists(key):
+            if not await self.exists_in_s3(key):
                 return Applied(self._gone(key, parts, None))
             await self._settle_collision(collision)
         return await self._fetch_once(key, parts, entry, event, if_match)  # the way is clear
@@ -324,7 +324,7 @@ class Mirror:
                 for relative, _st in walk_files(root.joinpath(*collision.blocker))
             ]
         else:
-            if await self._still_exists(blocker):
+            if await self.exists_in_s3(blocker):
                 raise collision
             stale = [(blocker, collision.blocker)]
         if not self.config.delete:

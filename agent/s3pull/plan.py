@@ -10,13 +10,16 @@ the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Final
 
+from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.download import mtime_ns
 from s3pull.errors import UnsafeKey
 from s3pull.mirror import Applied, Mirror, file_matches
@@ -143,12 +146,24 @@ async def execute(
     plan: ReconcilePlan,
     concurrency: int,
     on_progress: Callable[[int], None] | None = None,
+    hold: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
 ) -> Executed:
-    """Carry out a plan with ``concurrency`` parallel transfers."""
+    """Carry out a plan with ``concurrency`` parallel transfers.
+
+    ``hold`` is for a reconcile that runs while events are applied (the drift watcher's):
+    each download and deletion then takes the key's lock, and a file to delete is first
+    looked up in S3, since an event may have brought it after the listing.
+    """
+
+    def held(key: str) -> AbstractAsyncContextManager[None]:
+        return hold(key) if hold is not None else contextlib.nullcontext()
+
     failures: list[BaseException] = []
     refused = downloaded = deleted = 0
     mirror.config.directory.mkdir(parents=True, exist_ok=True)
-    for obj in plan.adopted:
+    for counted, obj in enumerate(plan.adopted, start=1):
+        if counted % PLAN_STEP == 0:
+            await asyncio.sleep(0)  # a rebuilt ledger adopts every file: keep the loop going
         mirror.ledger.record_present(mirror.name, obj.key, obj.etag, obj.size, obj.mtime_ns)
     work: asyncio.Queue[tuple[RemoteObject, tuple[str, ...]]] = asyncio.Queue()
     for item in plan.downloads:
@@ -160,7 +175,8 @@ async def execute(
             obj, parts = work.get_nowait()
             started = time.monotonic()
             try:
-                applied = await mirror.fetch(obj.key, parts, if_match=obj.if_match)
+                async with held(obj.key):
+                    applied = await mirror.fetch(obj.key, parts, if_match=obj.if_match)
             except UnsafeKey as refusal:  # found only at write time (a collision)
                 refused += 1
                 mirror.report_refused(refusal)
@@ -184,12 +200,15 @@ async def execute(
             await asyncio.sleep(0)
         started = time.monotonic()
         try:
-            removed = mirror.remove_extra(key, parts)
+            async with held(key):
+                if hold is not None and await mirror.exists_in_s3(key):
+                    continue  # uploaded since the listing, and its event applied it
+                removed = mirror.remove_extra(key, parts)
         except UnsafeKey as refusal:  # swapped for a symlink since the plan: left alone
             refused += 1
             mirror.report_refused(refusal)
             continue
-        except OSError as exc:
+        except TRANSIENT_ERRORS as exc:  # OSError among them
             log.error("%s: could not delete %s: %s", mirror.name, key, exc)
             failures.append(exc)
             continue

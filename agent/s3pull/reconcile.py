@@ -148,7 +148,7 @@ async def bootstrap(
         recorder.error("reconcile", f"{mirror.name}: could not be reconciled")
         log.error(
             "%s: could not be reconciled at start-up; its events are still applied."
-            " Run `s3pull sync` or restart the agent to retry",
+            " Restart the agent to retry (`s3pull sync` waits for it to stop)",
             mirror.name,
         )
     return pending

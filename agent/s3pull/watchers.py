@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Final
 
@@ -19,6 +20,7 @@ from watchfiles import Change, awatch
 from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.backoff import Backoff
 from s3pull.config import Config, load_config
+from s3pull.dispatch import Dispatcher
 from s3pull.errors import ConfigError
 from s3pull.identity import InstanceMetadata, MetadataUnavailable
 from s3pull.metrics import Recorder
@@ -71,7 +73,9 @@ async def config_file_changes(path: Path, requested: asyncio.Event, stop: asynci
         ):
             log.info("configuration file %s changed", path)
             requested.set()
-    except OSError as exc:  # the directory vanished, or no inotify watches left
+    # The directory vanished, no inotify watches left, or (RuntimeError, in a group) a
+    # name watchfiles cannot decode.
+    except (OSError, RuntimeError, ExceptionGroup) as exc:
         log.warning("not watching %s for changes (SIGHUP still reloads): %s", path, exc)
 
 
@@ -137,11 +141,13 @@ def _directory_identity(directory: Path) -> tuple[int, int] | None:
 
 async def local_drift(
     mirrors: Sequence[Mirror],
-    repair: Callable[[Mirror, Path], Awaitable[None]],
+    dispatcher: Dispatcher,
     stop: asyncio.Event,
+    recorder: Recorder | None = None,
     concurrency: int = DRIFT_RECONCILE_CONCURRENCY,
 ) -> None:
-    """Hand every file changed below a mirror's directory to ``repair``, until ``stop``.
+    """Hand every file changed below a mirror's directory to the dispatcher's ``repair``,
+    until ``stop``.
 
     A mirror directory that disappears is waited for (the next change recreates it);
     once it is back it is reconciled, since whatever it held is gone, and watched again.
@@ -163,8 +169,10 @@ async def local_drift(
                     mirror.config.directory,
                 )
                 lost.append(mirror)
-            elif identity is not None and (
-                known[mirror] not in (None, identity) or mirror.directory_recreated
+            elif (
+                identity is not None
+                and mirror not in lost
+                and (known[mirror] not in (None, identity) or mirror.directory_recreated)
             ):
                 # Deleted and made again (by a change, say) between two looks: it is
                 # back, just sooner than the watcher could see it gone.
@@ -172,13 +180,14 @@ async def local_drift(
         known = watched
         for mirror in [m for m in lost if watched[m] is not None]:
             lost.remove(mirror)
-            await _reconcile_returned(mirror, concurrency, stop)
+            await _reconcile_returned(mirror, dispatcher, concurrency, stop, recorder)
         present = {m: identity for m, identity in watched.items() if identity is not None}
         if not present:
             await _sleep_unless(stop, DRIFT_DIRECTORY_POLL_SECONDS)
             continue
         try:
-            await _watch(present, [m for m in mirrors if m not in present], repair, stop)
+            missing = [m for m in mirrors if m not in present]
+            await _watch(present, missing, dispatcher.repair, stop)
         # watchfiles raises WatchfilesRustInternalError (a RuntimeError), wrapped in an
         # ExceptionGroup by its task group, for a name it cannot decode (not UTF-8).
         except (OSError, RuntimeError, ExceptionGroup) as exc:
@@ -236,14 +245,25 @@ async def _watch(
         await changes_seen.aclose()
 
 
-async def _reconcile_returned(mirror: Mirror, concurrency: int, stop: asyncio.Event) -> None:
-    """A mirror directory is back after it was deleted: make it equal to S3 again."""
+async def _reconcile_returned(
+    mirror: Mirror,
+    dispatcher: Dispatcher,
+    concurrency: int,
+    stop: asyncio.Event,
+    recorder: Recorder | None,
+) -> None:
+    """A mirror directory is back after it was deleted: make it equal to S3 again, in
+    turn with the events applied meanwhile (each key under its lock)."""
+
+    def hold(key: str) -> AbstractAsyncContextManager[None]:
+        return dispatcher.holding(mirror, key)
+
     log.warning("%s: directory %s is back: reconciling it", mirror.name, mirror.config.directory)
     mirror.directory_recreated = False
     backoff = Backoff()
     for attempt in range(1, DRIFT_RECONCILE_ATTEMPTS + 1):
         try:
-            executed = await execute(mirror, await plan(mirror), concurrency)
+            executed = await execute(mirror, await plan(mirror), concurrency, hold=hold)
         except TRANSIENT_ERRORS as exc:
             log.warning("%s: reconcile failed (attempt %d): %s", mirror.name, attempt, exc)
         else:
@@ -258,9 +278,11 @@ async def _reconcile_returned(mirror: Mirror, concurrency: int, stop: asyncio.Ev
                 return
         if await _sleep_unless(stop, backoff.next()):
             return
+    if recorder is not None:  # status says FAILING until a restart reconciles it
+        recorder.error("reconcile", f"{mirror.name}: could not be reconciled")
     log.error(
         "%s: could not reconcile %s after it came back; its events are still applied."
-        " Run `s3pull sync` or restart the agent to retry",
+        " Restart the agent to retry (`s3pull sync` waits for it to stop)",
         mirror.name,
         mirror.config.directory,
     )
