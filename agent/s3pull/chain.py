@@ -120,10 +120,14 @@ class ChainWalk:
         receives = int(json.loads(redrive).get("maxReceiveCount", 0))
         wanted = self.config.queue.max_receive_count
         if receives != wanted:
+            fix = (
+                "the agent does not change a queue it did not provision: make them agree"
+                if self.config.queue.url
+                else "the agent sets it at its next start (or run `s3pull provision`)"
+            )
             raise Broken(
                 f"queue {url} dead-letters a message after {receives} receive(s), but"
-                f" [queue] max_receive_count is {wanted} in {self.config.path}; the agent"
-                " does not change a queue it did not provision: make them agree"
+                f" [queue] max_receive_count is {wanted} in {self.config.path}; {fix}"
             )
         _say(f"queue {url} dead-letters after {receives} receive(s), as configured")
 

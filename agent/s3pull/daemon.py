@@ -211,6 +211,9 @@ class Daemon:
                 await self._main_loop(consumers, mirrors)
             await self._shutdown()
         finally:
+            # After a failure that skipped the shutdown, hand work in flight back now:
+            # nothing of it may outlive the clients and the ledger it uses.
+            await self.dispatcher.drain(0, self.stop.force)
             await self._stop_deleters(consumers, deleters)
             await _cancel(helpers)
 

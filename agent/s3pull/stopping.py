@@ -68,6 +68,9 @@ class StopSignal:
         racing: list[asyncio.Future[Any]] = [task, stop]
         try:
             await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # the caller is going: the work must not outlive it
+            raise
         finally:
             stop.cancel()
         if not task.done():
