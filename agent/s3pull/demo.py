@@ -56,7 +56,10 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 def _config(endpoint: str, queue_url: str, work: Path) -> Path:
     path = work / "s3pull.toml"
-    command = [sys.executable, "-c", BUSINESS_PROCESS, str(work / "receipts")]
+    # A script file, not `python -c`: a configuration string may hold no newline.
+    script = work / "business_process.py"
+    script.write_text(BUSINESS_PROCESS)
+    command = [sys.executable, str(script), str(work / "receipts")]
     (work / "receipts").mkdir()
     path.write_text(
         f"""\
