@@ -143,6 +143,9 @@ def render_config(
         "url": pipeline.queue_url,
         "wait_time_seconds": 1,
         "visibility_timeout": 2,
+        # What the queue's redrive says, as an operator's configuration would (`check`
+        # compares the two).
+        "max_receive_count": pipeline.max_receive_count,
         **(queue or {}),
     }
     tables: list[tuple[str, dict[str, Any]]] = [

@@ -72,6 +72,7 @@ class Pipeline:
     topic_arn: str
     queue_url: str
     dead_letter_url: str
+    max_receive_count: int = 5  # the queue's redrive: a config for it should say the same
 
 
 def create_pipeline(
@@ -101,7 +102,7 @@ def create_pipeline(
             "TopicConfigurations": [{"TopicArn": topic_arn, "Events": NOTIFIED_EVENTS}]
         },
     )
-    return Pipeline(endpoint, name, topic_arn, queue_url, dead_letter_url)
+    return Pipeline(endpoint, name, topic_arn, queue_url, dead_letter_url, max_receive_count)
 
 
 def subscribe_queue(
