@@ -19,11 +19,20 @@ from typing import Any, TypeVar
 from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.backoff import Backoff
 
-__all__ = ["StopSignal", "attempt"]
+__all__ = ["StopSignal", "attempt", "sleep_unless"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds``, or less if ``stop`` is set first; True when stopped."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 class StopSignal:
@@ -58,8 +67,7 @@ class StopSignal:
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.serve.wait(), timeout=seconds)
+        await sleep_unless(self.serve, seconds)
 
     async def unless_stopping(self, work: Awaitable[T]) -> T | None:
         """Await ``work`` unless a stop comes first; then cancel it and return None."""

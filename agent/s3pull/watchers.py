@@ -28,7 +28,7 @@ from s3pull.mirror import Mirror
 from s3pull.paths import TEMP_PREFIX
 from s3pull.plan import execute, plan
 from s3pull.provision import OwnQueue
-from s3pull.stopping import StopSignal
+from s3pull.stopping import StopSignal, sleep_unless
 
 __all__ = [
     "HEARTBEAT_INTERVAL_SECONDS",
@@ -183,7 +183,7 @@ async def local_drift(
             await _reconcile_returned(mirror, dispatcher, concurrency, stop, recorder)
         present = {m: identity for m, identity in watched.items() if identity is not None}
         if not present:
-            await _sleep_unless(stop, DRIFT_DIRECTORY_POLL_SECONDS)
+            await sleep_unless(stop, DRIFT_DIRECTORY_POLL_SECONDS)
             continue
         try:
             missing = [m for m in mirrors if m not in present]
@@ -198,7 +198,7 @@ async def local_drift(
                 "; ".join(f"{type(cause).__name__}: {cause}" for cause in causes),
                 delay,
             )
-            await _sleep_unless(stop, delay)
+            await sleep_unless(stop, delay)
         else:
             backoff.reset()
 
@@ -276,7 +276,7 @@ async def _reconcile_returned(
                     executed.deleted,
                 )
                 return
-        if await _sleep_unless(stop, backoff.next()):
+        if await sleep_unless(stop, backoff.next()):
             return
     if recorder is not None:  # status says FAILING until a restart reconciles it
         recorder.error("reconcile", f"{mirror.name}: could not be reconciled")
@@ -286,12 +286,3 @@ async def _reconcile_returned(
         mirror.name,
         mirror.config.directory,
     )
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep ``seconds``, or less if ``stop`` is set first; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
