@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +167,19 @@ def render_config(
 class Agent:
     """``s3pull run`` as a child process, its log captured to a file."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.config = config
         self.log_path = log
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "s3pull", "run", "--config", str(config)],
+            # ``prefix``: for example setpriv, to run the agent as an unprivileged user.
+            [*prefix, sys.executable, "-m", "s3pull", "run", "--config", str(config)],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env={**AGENT_ENV, **(env or {})},
@@ -212,8 +219,8 @@ class Agent:
 def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
-    def start(config: Path, env: dict[str, str] | None = None) -> Agent:
-        agent = Agent(config, tmp_path / f"agent-{len(agents)}.log", env)
+    def start(config: Path, env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Agent:
+        agent = Agent(config, tmp_path / f"agent-{len(agents)}.log", env, prefix)
         agents.append(agent)
         return agent
 

@@ -25,6 +25,7 @@ from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
 from s3pull.provision import OwnQueue
 from s3pull.reconcile import bootstrap
+from s3pull.repeats import DAEMON_INTERVAL, Repeats
 from s3pull.sources import Trust, load_trust
 from s3pull.status import Stats, write_snapshot
 from s3pull.stopping import StopSignal, attempt
@@ -59,6 +60,8 @@ class Daemon:
         self.stats = Stats()
         self.metrics = Metrics()
         self.recorder = Recorder(self.stats, self.metrics)
+        # Local errors of every mirror, one line per cause and interval (issue 16).
+        self.repeats = Repeats(DAEMON_INTERVAL)
         self.stop = StopSignal()
         self.dispatcher = self._new_dispatcher()
         self._config_path = config.path.resolve()  # a reload reads the same file
@@ -115,6 +118,7 @@ class Daemon:
                 )
         finally:
             await _cancel(watchers)
+            self.repeats.flush()  # what was counted since the last summary
         log.info("stopped: %s", self.stats.line())
         self.stats.phase = "stopped"
         self._write_status()
@@ -159,7 +163,9 @@ class Daemon:
         self.stop.reload()
 
     async def _serve(self, clients: Clients, ledger: Ledger, own: OwnQueue) -> None:
-        mirrors = [Mirror(m, clients.s3, ledger, self.recorder) for m in self.config.mirrors]
+        mirrors = [
+            Mirror(m, clients.s3, ledger, self.recorder, self.repeats) for m in self.config.mirrors
+        ]
         triggers = [
             Trigger(t, clients.s3, ledger, self.config.agent.concurrency, self.recorder)
             for t in self.config.triggers

@@ -232,14 +232,18 @@ class Dispatcher:
                 await mirror.apply(change)  # logs and counts what it applied or refused
             except Exception as exc:
                 cause = "disk" if isinstance(exc, OSError) else "s3"
-                self._recorder.failed(mirror.name, change.key, cause, exc)
-                log.error(
+                self._recorder.failed(mirror.name, change.key, cause, exc)  # each one counts
+                mirror.repeats.error(  # but one line per cause (an unwritable directory)
+                    mirror.name,
+                    change.key,
+                    exc,
                     "%s: could not apply %s to %s, will retry: %s: %s",
                     mirror.name,
                     change.event_name,
                     change.key,
                     type(exc).__name__,
                     exc,
+                    logger=log,
                     extra=journal_fields(mirror=mirror.name, key=change.key),
                 )
                 raise
@@ -300,10 +304,14 @@ class Dispatcher:
                 await mirror.repair(path)
             except Exception as exc:  # the next change or reconcile tries again
                 self._recorder.failed(mirror.name, key, "drift", exc)
-                log.error(
+                mirror.repeats.error(
+                    mirror.name,
+                    key,
+                    exc,
                     "%s: could not repair local drift of %s: %s: %s",
                     mirror.name,
                     key,
                     type(exc).__name__,
                     exc,
+                    logger=log,
                 )

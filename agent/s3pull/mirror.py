@@ -31,6 +31,7 @@ from s3pull.paths import (
     safe_parts,
     shown_name,
 )
+from s3pull.repeats import Repeats
 from s3pull.walk import walk_files
 
 __all__ = [
@@ -97,13 +98,21 @@ class Mirror:
     """One ``[[mirror]]``: routes keys, applies changes, repairs drift."""
 
     def __init__(
-        self, config: MirrorConfig, s3: Any, ledger: Ledger, observer: Observer | None = None
+        self,
+        config: MirrorConfig,
+        s3: Any,
+        ledger: Ledger,
+        observer: Observer | None = None,
+        repeats: Repeats | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self._s3 = s3
         self._ledger = ledger
         self._observer = observer
+        # Where this mirror's failures are logged: an unwritable directory fails every
+        # file the same way, and is said once per cause (the daemon shares one).
+        self.repeats = repeats or Repeats()
         self.directory_recreated = False
 
     @property

@@ -13,7 +13,8 @@ import errno
 import os
 import secrets
 import stat
-from contextlib import ExitStack, suppress
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +28,7 @@ __all__ = [
     "is_folder_placeholder",
     "is_utf8",
     "local_stat",
+    "named",
     "remove_file",
     "safe_parts",
     "shown_name",
@@ -80,11 +82,30 @@ def safe_parts(key: str, prefix: str, root: Path) -> tuple[str, ...]:
     return parts
 
 
+def named(exc: OSError, path: Path | str) -> OSError:
+    """``exc``, naming the whole ``path``. A call relative to a directory descriptor
+    names only its last component (``'img'``, ``'.s3pull-tmp-...'``), which tells an
+    operator nothing; the subclass (PermissionError, ...) follows the errno."""
+    if exc.filename is not None and os.path.isabs(os.fsdecode(exc.filename)):
+        return exc
+    return OSError(exc.errno, exc.strerror, os.fspath(path))
+
+
+@contextmanager
+def _naming(path: Path | str) -> Iterator[None]:
+    """Raise OSErrors from the block naming ``path`` (see ``named``)."""
+    try:
+        yield
+    except OSError as exc:
+        raise named(exc, path) from None
+
+
 def _open_child_dir(
-    parent_fd: int, name: str, key: str, create: bool, here: tuple[str, ...]
+    parent_fd: int, name: str, key: str, create: bool, here: tuple[str, ...], path: Path
 ) -> int | None:
-    """Open directory ``name`` (at path ``here``) below ``parent_fd`` without following
-    symlinks. Returns None when it does not exist and ``create`` is false.
+    """Open directory ``name`` (at ``here`` below the root, ``path`` in full) below
+    ``parent_fd`` without following symlinks. Returns None when it does not exist and
+    ``create`` is false.
     """
     for _ in range(2):  # a second pass covers a concurrent mkdir of the same directory
         try:
@@ -92,13 +113,14 @@ def _open_child_dir(
         except FileNotFoundError:
             if not create:
                 return None
-            with suppress(FileExistsError):
+            with suppress(FileExistsError), _naming(path):
                 os.mkdir(name, 0o755, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise _not_a_directory(parent_fd, name, key, here) from None
-            raise
-    return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+            raise named(exc, path) from None
+    with _naming(path):
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
 
 
 def _not_a_directory(parent_fd: int, name: str, key: str, here: tuple[str, ...]) -> UnsafeKey:
@@ -131,7 +153,8 @@ class _Walk:
                     raise
                 return  # no directory yet, so no file either
             for depth, name in enumerate(parts[:-1], start=1):
-                fd = _open_child_dir(self.fds[-1], name, key, create, parts[:depth])
+                here = parts[:depth]
+                fd = _open_child_dir(self.fds[-1], name, key, create, here, root.joinpath(*here))
                 if fd is None:
                     return
                 self._push(fd)
@@ -200,7 +223,7 @@ def _remove_empty_dir(parent_fd: int, name: str) -> bool:
 
 def local_stat(root: Path, parts: tuple[str, ...], key: str) -> os.stat_result | None:
     """The stat of the file a key maps to, or None when it does not exist."""
-    with _Walk(root, parts, key, create=False) as walk:
+    with _naming(root.joinpath(*parts)), _Walk(root, parts, key, create=False) as walk:
         if not walk.complete:
             return None
         return _final_stat(walk.parent_fd, parts, key)
@@ -223,7 +246,7 @@ def remove_file(root: Path, parts: tuple[str, ...], key: str) -> bool:
         walk = _Walk(root, parts, key, create=False)
     except PathCollision:
         return False
-    with walk:
+    with walk, _naming(root.joinpath(*parts)):
         try:
             if not walk.complete or _final_stat(walk.parent_fd, parts, key) is None:
                 return False
@@ -252,6 +275,9 @@ class AtomicWriter:
         self._parts = parts
         self._key = key
         self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        # For error messages: the whole paths, not the names relative to a descriptor.
+        self._target = root.joinpath(*parts)
+        self._temp_path = self._target.with_name(self.temp_name)
         self.bytes_written = 0
         self._committing = False
         self._fd: int | None = None
@@ -260,16 +286,18 @@ class AtomicWriter:
             # Directories holding no files are what an aborted write or a crash leaves
             # behind: they give way to the file instead of blocking it forever.
             try:
-                _final_stat(self._walk.parent_fd, self._parts, key)
+                with _naming(self._target):
+                    _final_stat(self._walk.parent_fd, self._parts, key)
             except UnsafeKey:
                 if not _remove_empty_dir(self._walk.parent_fd, self._name):
                     raise
-            self._fd = os.open(
-                self.temp_name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o644,
-                dir_fd=self._walk.parent_fd,
-            )
+            with _naming(self._temp_path):
+                self._fd = os.open(
+                    self.temp_name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=self._walk.parent_fd,
+                )
         except BaseException:
             self._walk.close()
             raise
@@ -277,9 +305,10 @@ class AtomicWriter:
     def write(self, data: bytes) -> None:
         assert self._fd is not None, "write after commit or abort"
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        with _naming(self._temp_path):  # a full disk names the file it could not fill
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
         self.bytes_written += len(data)
 
     def claim(self) -> None:
@@ -297,14 +326,19 @@ class AtomicWriter:
         parent_fd = self._walk.parent_fd
         try:
             try:
-                if mtime_ns is not None:
-                    os.utime(fd, ns=(mtime_ns, mtime_ns))
-                os.fsync(fd)  # after utime, so the mtime is as durable as the bytes
+                with _naming(self._temp_path):
+                    if mtime_ns is not None:
+                        os.utime(fd, ns=(mtime_ns, mtime_ns))
+                    os.fsync(fd)  # after utime, so the mtime is as durable as the bytes
             finally:
                 os.close(fd)
-            _final_stat(parent_fd, self._parts, self._key)  # still no symlink or directory?
+            with _naming(self._target):
+                _final_stat(parent_fd, self._parts, self._key)  # no symlink or directory?
             try:
-                os.rename(self.temp_name, self._name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                with _naming(self._target):
+                    os.rename(
+                        self.temp_name, self._name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd
+                    )
             except IsADirectoryError:
                 # A writer of a key below this name made the directory since the check
                 # (both of "a" and "a/b" fetched at once): the same collision, found late.
@@ -314,7 +348,8 @@ class AtomicWriter:
                     blocker=self._parts,
                     is_directory=True,
                 ) from None
-            os.fsync(parent_fd)  # make the rename itself durable
+            with _naming(self._target.parent):
+                os.fsync(parent_fd)  # make the rename itself durable
         except BaseException:
             self._unlink_temp()
             raise

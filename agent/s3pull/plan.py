@@ -181,7 +181,16 @@ async def execute(
                 refused += 1
                 mirror.report_refused(refusal)
             except Exception as exc:
-                log.error("%s: could not download %s: %s", mirror.name, obj.key, exc)
+                mirror.repeats.error(
+                    mirror.name,
+                    obj.key,
+                    exc,
+                    "%s: could not download %s: %s",
+                    mirror.name,
+                    obj.key,
+                    exc,
+                    logger=log,
+                )
                 failures.append(exc)
             else:
                 downloaded += 1
@@ -209,10 +218,21 @@ async def execute(
             mirror.report_refused(refusal)
             continue
         except TRANSIENT_ERRORS as exc:  # OSError among them
-            log.error("%s: could not delete %s: %s", mirror.name, key, exc)
+            mirror.repeats.error(
+                mirror.name,
+                key,
+                exc,
+                "%s: could not delete %s: %s",
+                mirror.name,
+                key,
+                exc,
+                logger=log,
+            )
             failures.append(exc)
             continue
         if removed:
             deleted += 1
             mirror.report_applied(key, Applied("deleted"), "reconcile: not in S3", started)
+    # The reconcile is over: say how many more failed like the ones logged.
+    mirror.repeats.flush(mirror.name)
     return Executed(failures, refused, downloaded, deleted)
