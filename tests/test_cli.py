@@ -178,7 +178,7 @@ def test_sync_draws_a_progress_bar_on_a_terminal(
     assert process.wait(timeout=60) == 0
     os.close(leader)
     text = output.decode()
-    assert "\r[" in text
+    assert "\r\x1b[K[" in text  # back to the line's start, erased, redrawn
     assert "5/5 files  10.0 KiB/10.0 KiB" in text
     assert "#" * 30 in text
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Final, TextIO, cast
+from typing import TYPE_CHECKING, Final, TextIO, cast
 
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
@@ -21,6 +21,9 @@ from s3pull.errors import ConfigError
 from s3pull.identity import Identity
 from s3pull.logsafe import EscapingFormatter
 from s3pull.status import StateDirectoryBusy, claim_state_directory
+
+if TYPE_CHECKING:  # imported by `sync` only: every other verb stays light
+    from s3pull.progress import TerminalProgress
 
 __all__ = ["main"]
 
@@ -32,7 +35,32 @@ EXIT_USAGE: Final = 2
 EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h; the unit's RestartPreventExitStatus
 
 
-def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
+class _Shown(logging.Filter):
+    """What is written: with ``quiet``, errors and summary lines only; without
+    ``details``, no line about one file below WARNING (a bar counts them instead)."""
+
+    def __init__(self, quiet: bool, details: bool) -> None:
+        super().__init__()
+        self._quiet = quiet
+        self._details = details
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._quiet:
+            return record.levelno >= logging.ERROR or hasattr(record, "S3PULL_SUMMARY")
+        return (
+            self._details or record.levelno >= logging.WARNING or not hasattr(record, "S3PULL_KEY")
+        )
+
+
+def setup_logging(
+    verbose: bool = False,
+    stream: TextIO = sys.stderr,
+    *,
+    quiet: bool = False,
+    bar: TerminalProgress | None = None,
+) -> None:
+    """Log to journald under systemd, else to ``stream``. With a progress ``bar`` (sync on
+    a terminal), lines go above it and per-file lines only at ``verbose``."""
     # Every line escapes control characters (logsafe): a key or a command's output must
     # not forge or rewrite a log line. journald's structured fields keep raw values.
     level = logging.DEBUG if verbose else logging.INFO
@@ -46,10 +74,16 @@ def setup_logging(verbose: bool = False, stream: TextIO = sys.stderr) -> None:
             handler = logging.StreamHandler(stream)
         handler.setFormatter(EscapingFormatter("%(levelname)s %(message)s"))
     else:
-        handler = logging.StreamHandler(stream)
+        if bar is not None:
+            from s3pull.progress import AboveTheBar
+
+            handler = AboveTheBar(stream, bar)
+        else:
+            handler = logging.StreamHandler(stream)
         handler.setFormatter(
             EscapingFormatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
         )
+    handler.addFilter(_Shown(quiet, details=verbose or bar is None))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -95,11 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="configuration file (default: $S3PULL_CONFIG, then /etc/s3pull/s3pull.toml)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging; on a terminal, every file"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
-    verbs.add_parser("run", parents=[common], help="the daemon: apply queued changes until stopped")
+    run = verbs.add_parser(
+        "run", parents=[common], help="the daemon: apply queued changes until stopped"
+    )
     sync = verbs.add_parser("sync", parents=[common], help="one full reconcile of every mirror")
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    for verb in (run, sync):
+        verb.add_argument(
+            "-q", "--quiet", action="store_true", help="log errors and the final summary only"
+        )
     check = verbs.add_parser(
         "check",
         parents=[common],
@@ -202,8 +244,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verb(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(getattr(args, "verbose", False))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
+    if verbose and quiet:
+        parser.error("--verbose and --quiet: choose one")
+    bar: TerminalProgress | None = None
+    if args.verb == "sync" and not args.dry_run and not quiet and sys.stderr.isatty():
+        from s3pull.progress import TerminalProgress
+
+        bar = TerminalProgress(sys.stderr)
+    setup_logging(verbose, quiet=quiet, bar=bar)
     try:
         if args.verb == "demo":
             from s3pull.demo import run_demo
@@ -239,7 +290,7 @@ def _verb(argv: Sequence[str] | None) -> int:
             stale = timedelta(hours=args.stale_after)
             return asyncio.run(gc_command(config, region, stale, dry_run=args.dry_run))
         if args.verb == "sync":
-            return asyncio.run(sync(config, dry_run=args.dry_run))
+            return asyncio.run(sync(config, dry_run=args.dry_run, progress=bar))
         if args.verb == "run":
             return run(config)
     except ConfigError as exc:
@@ -339,20 +390,19 @@ async def check(config: Config, probe: bool) -> int:
     return 1 if problems else chain
 
 
-async def sync(config: Config, dry_run: bool) -> int:
+async def sync(config: Config, dry_run: bool, progress: TerminalProgress | None = None) -> int:
     if dry_run:
-        return await _sync(config, dry_run)
+        return await _sync(config, dry_run, None)
     # A daemon on this state directory owns the mirrors: writing beside it would race
     # its per-key locks and ledger. Refused, naming it.
     with claim_state_directory(config.agent.state_directory, "sync"):
-        return await _sync(config, dry_run)
+        return await _sync(config, dry_run, progress)
 
 
-async def _sync(config: Config, dry_run: bool) -> int:
+async def _sync(config: Config, dry_run: bool, progress: TerminalProgress | None) -> int:
     from s3pull.aws import open_clients
     from s3pull.ledger import Ledger
     from s3pull.mirror import Mirror
-    from s3pull.progress import TerminalProgress
     from s3pull.reconcile import plan_all, reconcile_all
 
     ledger = Ledger.open(config.agent.state_directory)
@@ -374,7 +424,6 @@ async def _sync(config: Config, dry_run: bool) -> int:
                         f" {plan.up_to_date} up to date"
                     )
                 return EXIT_OK
-            progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
             report = await reconcile_all(mirrors, config.agent.concurrency, progress, plans)
     finally:
         ledger.close()

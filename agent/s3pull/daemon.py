@@ -20,6 +20,7 @@ from s3pull.dispatch import Consumer, Dispatcher
 from s3pull.identity import Identity
 from s3pull.inbox import Inbox
 from s3pull.ledger import Ledger
+from s3pull.logfields import SUMMARY
 from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
@@ -119,7 +120,7 @@ class Daemon:
         finally:
             await _cancel(watchers)
             self.repeats.flush()  # what was counted since the last summary
-        log.info("stopped: %s", self.stats.line())
+        log.info("stopped: %s", self.stats.line(), extra=SUMMARY)
         self.stats.phase = "stopped"
         self._write_status()
         return 0

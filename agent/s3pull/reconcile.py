@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.backoff import Backoff
+from s3pull.logfields import SUMMARY
 from s3pull.mirror import Mirror
 from s3pull.plan import ReconcilePlan, execute, plan
 
@@ -103,6 +104,7 @@ async def reconcile_all(
         report.up_to_date,
         report.refused,
         report.failed,
+        extra=SUMMARY,
     )
     return report
 
