@@ -10,7 +10,9 @@ and chmod again heals it, as an operator would. (chattr +i fails root too, but w
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +29,7 @@ import pytest
 from conftest import AGENT_ENV, Agent, render_config, wait_until
 from conftest import run_s3pull as s3pull
 from s3pull.emulator import Pipeline, create_pipeline
+from s3pull.repeats import Repeats
 
 NOBODY = 65534
 AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
@@ -164,3 +167,69 @@ def test_the_daemon_says_each_cause_once_counts_every_failure_and_loses_nothing(
     logged = 1 + sum(int(m[2].replace(",", "")) for m in summaries)
     assert logged == daemon_status()["daemon"]["counters"]["errors"]
     assert logged >= len(keys)
+
+
+class Lines(logging.Handler):
+    """The messages logged, and an event set at each one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: list[str] = []
+        self.more = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.said.append(record.getMessage())
+        self.more.set()
+
+    async def until(self, count: int) -> list[str]:
+        async with asyncio.timeout(30):  # a safety net, never the thing measured
+            while len(self.said) < count:
+                self.more.clear()
+                await self.more.wait()
+        return self.said
+
+
+async def test_the_daemon_says_a_cause_once_an_interval_and_anew_after_a_quiet_one() -> None:
+    """The rate rule on its own, in-process: one full line, one summary per interval
+    while the cause keeps failing, and a full line again once a whole interval was
+    quiet. The loop runs timers in the order they fall due, and every wait below is
+    scheduled after the timer it must outlast: the order of events is fixed, and
+    nothing measures time."""
+    interval = 0.05
+    repeats = Repeats(interval)
+    denied = PermissionError(13, "Permission denied", "/srv/m/img/.s3pull-tmp-1")
+    full = "m: could not apply a: [Errno 13] Permission denied: '/srv/m/img/.s3pull-tmp-1'"
+    lines = Lines()
+    logger = logging.getLogger("test.repeats")
+    logger.addHandler(lines)
+
+    def fail(key: str, exc: BaseException = denied) -> None:
+        repeats.error("m", key, exc, "m: could not apply %s: %s", key, exc, logger=logger)
+
+    try:
+        for key in ("a", "b", "c", "b"):
+            fail(key)
+        # An S3 error is about one object: said each time, never counted.
+        fail("d", RuntimeError("AccessDenied"))
+        fail("e", RuntimeError("AccessDenied"))
+        assert lines.said == [
+            full,
+            "m: could not apply d: AccessDenied",
+            "m: could not apply e: AccessDenied",
+        ]
+        # The first interval ends: its summary.
+        assert (await lines.until(4))[3:] == [
+            "m: ... and 3 more failures (2 files) under /srv/m/img: Permission denied"
+        ]
+        fail("c")  # still failing in the second interval: counted
+        assert (await lines.until(5))[4:] == [
+            "m: ... and 1 more file under /srv/m/img: Permission denied"
+        ]
+        await asyncio.sleep(interval * 2)  # outlasts the third interval, a quiet one
+        assert len(lines.said) == 5
+        fail("a")  # news again
+        assert lines.said[5:] == [full]
+        repeats.flush()
+        assert len(lines.said) == 6  # nothing was counted since: nothing to say
+    finally:
+        logger.removeHandler(lines)
