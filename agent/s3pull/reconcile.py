@@ -79,13 +79,15 @@ async def reconcile_all(
     )
     advance: Callable[[int], None] = progress.advance
     failed = refused_on_act = downloaded = deleted = 0
-    for mirror, planned in plans:
-        executed = await execute(mirror, planned, concurrency, advance)
-        failed += len(executed.failures)
-        refused_on_act += executed.refused
-        downloaded += executed.downloaded
-        deleted += executed.deleted
-    progress.finish()
+    try:
+        for mirror, planned in plans:
+            executed = await execute(mirror, planned, concurrency, advance)
+            failed += len(executed.failures)
+            refused_on_act += executed.refused
+            downloaded += executed.downloaded
+            deleted += executed.deleted
+    finally:  # interrupted too: end the bar's line, or the next output is glued to it
+        progress.finish()
     report = ReconcileReport(
         downloaded=downloaded,
         deleted=deleted,
