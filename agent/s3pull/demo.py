@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["run_demo"]
+__all__ = ["emulator_missing", "run_demo"]
 
 BUCKET = "s3pull-demo"
 
@@ -93,12 +93,30 @@ timeout_seconds = 60
     return path
 
 
-def run_demo(keep: bool = False) -> int:
+def emulator_missing() -> str | None:
+    """Why the emulator cannot start here, as advice; None when it can.
+
+    moto is the ``demo`` extra, never a dependency of the agent (the deb and rpm leave it
+    out), so a plain install reaches this verb without it: say how to get it rather than
+    end in a traceback."""
     try:
-        from s3pull.emulator import client, create_pipeline, moto_server
-    except ImportError:
-        print("s3pull demo needs the emulator: pip install 's3pull[demo]'", file=sys.stderr)
+        import moto.server  # noqa: F401
+    except ModuleNotFoundError as exc:
+        return (
+            f"s3pull: the demo needs the moto emulator, which is not installed here ({exc}):"
+            " pip install 's3pull[demo]', or `make demo` from a checkout (it installs moto"
+            " into .venv)"
+        )
+    return None
+
+
+def run_demo(keep: bool = False) -> int:
+    missing = emulator_missing()
+    if missing is not None:
+        print(missing, file=sys.stderr)
         return 1
+    from s3pull.emulator import client, create_pipeline, moto_server
+
     work = Path(tempfile.mkdtemp(prefix="s3pull-demo-"))
     try:
         with moto_server() as endpoint:
