@@ -1,13 +1,19 @@
-# The two commands: `make demo` and `make test`. Both create .venv themselves.
+# The two commands: `make demo` and `make test` (and `make serve` after the demo). Each
+# creates .venv itself.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-localstack lint check venv clean
+.PHONY: demo serve test test-localstack lint check venv clean
 
 demo: $(STAMP)
 	$(BIN)/s3pull demo
+
+# The demo's emulator kept running with a working configuration, until Ctrl-C: it prints
+# the commands to run next (README: "From the demo to your own first mirror").
+serve: $(STAMP)
+	$(BIN)/s3pull demo --serve
 
 test: $(STAMP)
 	$(BIN)/pytest

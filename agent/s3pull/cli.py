@@ -190,7 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
         " the queue's message retention)",
     )
     demo = verbs.add_parser("demo", help="the whole pipeline on an embedded AWS emulator")
-    demo.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
+    mode = demo.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep an emulator running with a working configuration for your own tries,"
+        " print the commands to run next, stop at Ctrl-C or SIGTERM",
+    )
+    mode.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's files afterwards (its configuration goes with the emulator)",
+    )
     return parser
 
 
@@ -257,6 +268,10 @@ def _verb(argv: Sequence[str] | None) -> int:
     setup_logging(verbose, quiet=quiet, bar=bar)
     try:
         if args.verb == "demo":
+            if args.serve:
+                from s3pull.playground import serve_demo
+
+                return serve_demo()
             from s3pull.demo import run_demo
 
             return run_demo(keep=args.keep)

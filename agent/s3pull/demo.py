@@ -133,9 +133,13 @@ def run_demo(keep: bool = False) -> int:
             return _drive(s3, _config(endpoint, pipeline.queue_url, work), work)
     finally:
         if keep:
-            say(f"kept {work}")
+            # The emulator kept everything in memory and is gone now: a configuration
+            # left behind would point at a dead endpoint. `demo --serve` keeps one alive.
+            (work / "s3pull.toml").unlink(missing_ok=True)
+            say(f"kept {work} (the mirror, the batch, the receipts, the ledger)")
         else:
             shutil.rmtree(work, ignore_errors=True)
+        say("to try uploads of your own: s3pull demo --serve (or make serve)")
 
 
 def _drive(s3: Any, config: Path, work: Path) -> int:
