@@ -11,6 +11,7 @@ Needs the ``demo`` extra (moto), like the demo itself.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import signal
@@ -38,45 +39,56 @@ EXPORTS = (
 
 @dataclass(frozen=True, slots=True)
 class Playground:
-    """What a serve set up, for the instructions it prints."""
+    """What a serve set up: the emulator's queue and the directory holding the rest."""
 
     endpoint: str
-    directory: Path
-    config: Path
-    mirror: Path
+    queue_url: str
     max_receive_count: int
+    directory: Path
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "s3pull.toml"
+
+    @property
+    def mirror(self) -> Path:
+        return self.directory / "mirror"
 
     @property
     def state(self) -> Path:
         return self.directory / "state"
 
 
-def write_config(directory: Path, endpoint: str, queue_url: str, max_receive_count: int) -> Path:
+def write_config(playground: Playground) -> None:
     """A configuration an operator could have written: the queue by its URL, one mirror
     of the whole bucket, the state directory beside it."""
-    path = directory / "s3pull.toml"
-    path.write_text(
+
+    def string(value: object) -> str:
+        # A JSON string is a TOML basic string: a $TMPDIR with quotes stays valid.
+        return json.dumps(str(value))
+
+    playground.config.write_text(
         f"""\
-# Written by `s3pull demo --serve` for its emulator at {endpoint}; removed when it stops.
+# Written by `s3pull demo --serve` for its emulator at {playground.endpoint};
+# removed when it stops.
 [aws]
 region = "us-east-1"
-endpoint_url = "{endpoint}"
+endpoint_url = {string(playground.endpoint)}
 
 [queue]
-url = "{queue_url}"
-max_receive_count = {max_receive_count}  # what the queue's redrive policy says
+url = {string(playground.queue_url)}
+max_receive_count = {playground.max_receive_count}  # what the queue's redrive policy says
 
 [agent]
-state_directory = "{directory / "state"}"
+state_directory = {string(playground.state)}
 
 [[mirror]]
 name = "demo"
 bucket = "{BUCKET}"
 prefix = ""  # the whole bucket; "assets/" would mirror only that folder
-directory = "{directory / "mirror"}"
+directory = {string(playground.mirror)}
 """
     )
-    return path
 
 
 def _s3pull_command() -> list[str]:
@@ -149,12 +161,10 @@ def serve_demo() -> int:
         try:
             with moto_server() as endpoint:
                 pipeline = create_pipeline(endpoint, BUCKET)
-                config = write_config(
-                    directory, endpoint, pipeline.queue_url, pipeline.max_receive_count
-                )
                 playground = Playground(
-                    endpoint, directory, config, directory / "mirror", pipeline.max_receive_count
+                    endpoint, pipeline.queue_url, pipeline.max_receive_count, directory
                 )
+                write_config(playground)
                 print("\n".join(next_steps(playground)), flush=True)
                 received = signal.sigwait(STOP_SIGNALS)
                 print(f"{signal.Signals(received).name}: stopping the emulator", flush=True)
