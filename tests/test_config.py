@@ -658,3 +658,86 @@ def test_control_characters_in_key_names_are_escaped_in_the_message(tmp_path: Pa
     assert caught.value.key == "trigger[0].'na\\nme'"
     assert "control character" in caught.value.problem
     assert str(caught.value).isprintable()
+
+
+# Mirror filters, the mass-deletion guard and the periodic reconcile (issue 15, 1, 3, 5).
+
+MIRROR_CONTROLS_INVALID: list[tuple[Edit, str, str]] = [
+    (put("mirror[0]", include=[]), "mirror[0].include", "at least one pattern"),
+    (put("mirror[0]", include="**"), "mirror[0].include", "array of glob patterns"),
+    (put("mirror[0]", include=["ok/**", 3]), "mirror[0].include[1]", "string"),
+    (put("mirror[0]", include=["a\\"]), "mirror[0].include[0]", "not a valid glob"),
+    (put("mirror[0]", exclude=["!"]), "mirror[0].exclude[0]", "not a valid glob"),
+    (put("mirror[0]", exclude=[""]), "mirror[0].exclude[0]", "empty"),
+    (put("mirror[0]", exclude=["#drafts"]), "mirror[0].exclude[0]", "comment"),
+    (put("mirror[0]", exclude=["*.tmp "]), "mirror[0].exclude[0]", "spaces"),
+    (put("mirror[0]", max_delete=-1), "mirror[0].max_delete", "count of files"),
+    (put("mirror[0]", max_delete=True), "mirror[0].max_delete", "count of files"),
+    (put("mirror[0]", max_delete="10"), "mirror[0].max_delete", "percentage"),
+    (put("mirror[0]", max_delete="150%"), "mirror[0].max_delete", "between 0% and 100%"),
+    (put("mirror[0]", max_delete=0.5), "mirror[0].max_delete", "count of files"),
+    (put("mirror[0]", reconcile_interval=3600), "mirror[0].reconcile_interval", "duration"),
+    (put("mirror[0]", reconcile_interval="6 h"), "mirror[0].reconcile_interval", "duration"),
+    (put("mirror[0]", reconcile_interval="1w"), "mirror[0].reconcile_interval", "duration"),
+    (put("mirror[0]", reconcile_interval="-1h"), "mirror[0].reconcile_interval", "duration"),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "word"),
+    MIRROR_CONTROLS_INVALID,
+    ids=[f"{c[1]}:{c[2]}" for c in MIRROR_CONTROLS_INVALID],
+)
+def test_invalid_mirror_controls(tmp_path: Path, edit: Edit, key: str, word: str) -> None:
+    test_invalid(tmp_path, edit, key, word)
+
+
+def test_mirror_controls_and_their_defaults(tmp_path: Path) -> None:
+    from s3pull.guard import DeleteLimit
+
+    doc = minimal()
+    [default] = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors
+    assert (default.include, default.exclude) == (("**",), ())
+    assert default.max_delete is None
+    assert default.reconcile_interval == 6 * 3600
+    doc["mirror"][0].update(
+        prefix="assets/",
+        exclude=["**/*.tmp", "drafts/**"],
+        max_delete="12.5%",
+        reconcile_interval="30m",
+    )
+    [mirror] = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors
+    assert mirror.max_delete == DeleteLimit(percent=12.5)
+    assert mirror.reconcile_interval == 1800
+    for interval, seconds in (("0", 0), ("0h", 0), ("90s", 90), ("6h", 21600), ("2d", 172800)):
+        doc["mirror"][0].update(reconcile_interval=interval, max_delete=100)
+        [mirror] = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors
+        assert (mirror.reconcile_interval, mirror.max_delete) == (seconds, DeleteLimit(count=100))
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "kept", "left_out"),
+    [
+        # SPEC's example: ** spans folders, * stays in one, drafts/ only at the top.
+        (
+            ["**"],
+            ["**/*.tmp", "drafts/**"],
+            ["a.txt", "css/a.css", "x/drafts/a.txt", "a.tmp.txt", "drafts"],
+            ["a.tmp", "x/y/a.tmp", "drafts/a.txt", "drafts/x/y.txt"],
+        ),
+        # No '/': any depth; a pattern that matches a folder covers what is below it.
+        (["*.css"], [], ["a.css", "x/y/a.css", "x.css/b"], ["a.txt", "css"]),
+        (["css/*.css"], [], ["css/a.css"], ["css/x/a.css", "a.css", "x/css/a.css"]),
+        (["img/"], ["*.psd"], ["img/a.png", "img/x/b.png"], ["a.png", "img/a.psd"]),
+        (["**", "!private/**"], [], ["a", "x/private/b"], ["private/a"]),
+        (["Report?.CSV"], [], ["Report1.CSV"], ["report1.csv", "Report10.CSV"]),  # case counts
+    ],
+)
+def test_filters_select_keys_below_the_prefix(
+    tmp_path: Path, include: list[str], exclude: list[str], kept: list[str], left_out: list[str]
+) -> None:
+    doc = minimal()
+    doc["mirror"][0].update(prefix="assets/", include=include, exclude=exclude)
+    [mirror] = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors
+    assert [k for k in kept if not mirror.selects("assets/" + k)] == []
+    assert [k for k in left_out if mirror.selects("assets/" + k)] == []

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from s3pull.errors import ConfigError
+from s3pull.filters import ALL, key_filter, pattern_problem
+from s3pull.guard import DeleteLimit
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -111,6 +113,15 @@ class MirrorConfig(_Folder):
     prefix: str
     directory: Path
     delete: bool = True
+    # Which keys below the prefix the mirror keeps (filters.py); the rest is left alone.
+    include: tuple[str, ...] = ALL
+    exclude: tuple[str, ...] = ()
+    max_delete: DeleteLimit | None = None  # None: only an empty listing is held back
+    reconcile_interval: float = 6 * 3600.0  # seconds between full reconciles; 0: never
+
+    def selects(self, key: str) -> bool:
+        """Whether the mirror keeps `key` (a key this mirror covers) by its filters."""
+        return key_filter(self.include, self.exclude).selects(key[len(self.prefix) :])
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +319,61 @@ def _mirror(t: _Table) -> MirrorConfig:
         prefix=_prefix(t, "prefix"),
         directory=_path(t, "directory"),
         delete=_bool(t, "delete"),
+        include=_patterns(t, "include", ALL),
+        exclude=_patterns(t, "exclude", ()),
+        max_delete=_max_delete(t, "max_delete"),
+        reconcile_interval=_duration(t, "reconcile_interval"),
     )
+
+
+def _patterns(t: _Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    patterns = _present(t, name, list, 'an array of glob patterns, like ["**/*.tmp"]')
+    if patterns is None:
+        return default
+    if not patterns and name == "include":
+        raise t.invalid(name, "must list at least one pattern; leave it out to keep every key")
+    for i, pattern in enumerate(patterns):
+        if not isinstance(pattern, str):
+            raise t.invalid(f"{name}[{i}]", f"must be a string, got {_describe(pattern)}")
+        if (problem := pattern_problem(pattern)) is not None:
+            raise t.invalid(f"{name}[{i}]", problem)
+    return tuple(patterns)
+
+
+_PERCENT = re.compile(r"([0-9]{1,3}(?:\.[0-9]+)?)%")
+
+
+def _max_delete(t: _Table, name: str) -> DeleteLimit | None:
+    what = 'a count of files like 100, or a percentage of the mirror like "10%"'
+    if name not in t.data:
+        return None
+    value = t.data[name]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return DeleteLimit(count=value)
+    if isinstance(value, str) and (match := _PERCENT.fullmatch(value)):
+        percent = float(match.group(1))
+        if percent <= 100:
+            return DeleteLimit(percent=percent)
+        raise t.invalid(name, f"must be a percentage between 0% and 100%, got {value!r}")
+    raise t.invalid(name, f"must be {what}, got {_describe(value)}")
+
+
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(t: _Table, name: str) -> float:
+    value = _present(t, name, str, 'a duration like "6h", "30m" or "90s", or "0" for never')
+    if value is None:
+        return float(_default(t, name, float))
+    if value == "0":
+        return 0.0
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise t.invalid(
+            name, f'must be a duration like "6h", "30m" or "90s", or "0" for never, got {value!r}'
+        )
+    return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
 def _trigger(t: _Table) -> TriggerConfig:
