@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         verb.add_argument(
             "-q", "--quiet", action="store_true", help="log errors and the final summary only"
         )
+    sync.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="confirm deletions that max_delete (or an empty listing) holds back",
+    )
     check = verbs.add_parser(
         "check",
         parents=[common],
@@ -305,7 +310,14 @@ def _verb(argv: Sequence[str] | None) -> int:
             stale = timedelta(hours=args.stale_after)
             return asyncio.run(gc_command(config, region, stale, dry_run=args.dry_run))
         if args.verb == "sync":
-            return asyncio.run(sync(config, dry_run=args.dry_run, progress=bar))
+            return asyncio.run(
+                sync(
+                    config,
+                    dry_run=args.dry_run,
+                    progress=bar,
+                    allow_mass_delete=args.allow_mass_delete,
+                )
+            )
         if args.verb == "run":
             return run(config)
     except ConfigError as exc:
@@ -405,16 +417,23 @@ async def check(config: Config, probe: bool) -> int:
     return 1 if problems else chain
 
 
-async def sync(config: Config, dry_run: bool, progress: TerminalProgress | None = None) -> int:
+async def sync(
+    config: Config,
+    dry_run: bool,
+    progress: TerminalProgress | None = None,
+    allow_mass_delete: bool = False,
+) -> int:
     if dry_run:
-        return await _sync(config, dry_run, None)
+        return await _sync(config, dry_run, None, allow_mass_delete)
     # A daemon on this state directory owns the mirrors: writing beside it would race
     # its per-key locks and ledger. Refused, naming it.
     with claim_state_directory(config.agent.state_directory, "sync"):
-        return await _sync(config, dry_run, progress)
+        return await _sync(config, dry_run, progress, allow_mass_delete)
 
 
-async def _sync(config: Config, dry_run: bool, progress: TerminalProgress | None) -> int:
+async def _sync(
+    config: Config, dry_run: bool, progress: TerminalProgress | None, allow_mass_delete: bool
+) -> int:
     from s3pull.aws import open_clients
     from s3pull.ledger import Ledger
     from s3pull.mirror import Mirror
@@ -424,22 +443,34 @@ async def _sync(config: Config, dry_run: bool, progress: TerminalProgress | None
     try:
         async with open_clients(config, "s3") as clients:
             mirrors = [Mirror(m, clients.s3, ledger) for m in config.mirrors]
-            plans = await plan_all(mirrors)
+            plans = await plan_all(mirrors, allow_mass_delete)
             if dry_run:
                 for mirror, plan in plans:
                     for obj, _parts in plan.downloads:
                         print(f"{mirror.name}: download {obj.key} ({obj.size} bytes)")
+                    verb = "held back: delete" if plan.held_back else "delete"
                     for key, _parts in plan.deletions:
-                        print(f"{mirror.name}: delete {key}")
+                        print(f"{mirror.name}: {verb} {key}")
                     for refusal in plan.refused:
                         print(f"{mirror.name}: refuse {refusal.key!r}: {refusal.reason}")
                     print(
                         f"{mirror.name}: {len(plan.downloads)} to download"
                         f" ({plan.download_bytes} bytes), {len(plan.deletions)} to delete,"
                         f" {plan.up_to_date} up to date"
+                        + (
+                            f", {plan.excluded} left out by include/exclude"
+                            if plan.excluded
+                            else ""
+                        )
                     )
+                    if plan.held_back:
+                        print(
+                            f"{mirror.name}: deletions held back: {plan.held_back}"
+                            " (`s3pull sync --allow-mass-delete` confirms them)"
+                        )
                 return EXIT_OK
             report = await reconcile_all(mirrors, config.agent.concurrency, progress, plans)
     finally:
         ledger.close()
-    return EXIT_FAILURE if report.failed else EXIT_OK
+    # Deletions held back are work not done: a script running `sync` must hear of it.
+    return EXIT_FAILURE if report.failed or report.held_back else EXIT_OK

@@ -38,6 +38,7 @@ from s3pull.watchers import (
     lifecycle_terminated,
     local_drift,
     next_config,
+    periodic_reconciles,
 )
 
 __all__ = ["DELETE_DEADLINE_SECONDS", "DRAIN_DEADLINE_SECONDS", "Daemon"]
@@ -215,6 +216,14 @@ class Daemon:
                     self.config.agent.concurrency,
                 )
                 helpers.append(asyncio.create_task(drift))
+                periodic = periodic_reconciles(
+                    mirrors,
+                    self.dispatcher,
+                    self.stop.serve,
+                    self.recorder,
+                    self.config.agent.concurrency,
+                )
+                helpers.append(asyncio.create_task(periodic))
                 await self._main_loop(consumers, mirrors)
             await self._shutdown()
         finally:

@@ -210,13 +210,23 @@ class Dispatcher:
 
         Raises when any of them failed, so the message comes back; refusals do not.
         """
-        mirrors = [m for m in consumer.mirrors if m.covers(change.bucket, change.key)]
+        folders = [m for m in consumer.mirrors if m.config.covers(change.bucket, change.key)]
+        mirrors = [m for m in folders if m.config.selects(change.key)]
         markers = [t for t in consumer.triggers if t.is_marker(change)]
+        for mirror in folders:
+            if mirror not in mirrors:  # its local file, if any, is left as it is
+                log.info(
+                    "%s: %s is left out by include/exclude, ignoring %s",
+                    mirror.name,
+                    change.key,
+                    change.event_name,
+                    extra=journal_fields(mirror=mirror.name, key=change.key),
+                )
         for mirror in mirrors:
             await self._apply_to_mirror(mirror, change)
         for trigger in markers:
             await self._run_trigger(trigger, change)
-        if not mirrors and not markers:
+        if not folders and not markers:
             covered = any(t.config.covers(change.bucket, change.key) for t in consumer.triggers)
             # A batch's own files are fetched when its marker comes: nothing to say then.
             (log.debug if covered else log.info)(

@@ -70,6 +70,12 @@ class Metrics:
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
+        self.held_back = Gauge(
+            "s3pull_deletions_held_back",
+            "Deletions the last reconcile kept back (max_delete, an empty listing).",
+            ["mirror"],
+            registry=r,
+        )
         self.in_flight = Gauge("s3pull_messages_in_flight", "Messages being worked on.", registry=r)
 
     def serve(self, config: MetricsConfig) -> None:
@@ -128,10 +134,18 @@ class Recorder:
     def reconciled(
         self, mirror: str, downloaded: int, deleted: int, failed: int, seconds: float
     ) -> None:
-        self.stats.reconcile(downloaded, deleted, failed, seconds)
+        self.stats.reconcile(downloaded, deleted, failed, seconds, mirror)
         problem = f"the last reconcile could not download {failed} file(s)" if failed else None
         self.stats.reconcile_result(mirror, problem)
         self.metrics.reconcile_seconds.labels(mirror).observe(seconds)
+
+    def held_back(self, mirror: str, deletions: int, reason: str | None) -> None:
+        """A reconcile of ``mirror`` kept ``deletions`` back for an operator (0: none)."""
+        self.stats.held_back_result(mirror, deletions, reason)
+        self.metrics.held_back.labels(mirror).set(deletions)
+
+    def reconcile_scheduled(self, mirror: str, interval: float, next_at: float | None) -> None:
+        self.stats.reconcile_schedule(mirror, interval, next_at)
 
     def lag(self, seconds: float) -> None:
         """From a message's SentTimestamp to its change applied."""

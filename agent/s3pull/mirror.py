@@ -74,6 +74,8 @@ class Observer(Protocol):
 
     def refused(self, mirror: str, refusal: UnsafeKey) -> None: ...
 
+    def held_back(self, mirror: str, deletions: int, reason: str | None) -> None: ...
+
 
 def file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
     """Is the local file still exactly what we last wrote (not drifted)?"""
@@ -114,6 +116,7 @@ class Mirror:
         # file the same way, and is said once per cause (the daemon shares one).
         self.repeats = repeats or Repeats()
         self.directory_recreated = False
+        self._left_alone_said: int | None = None  # how many excluded files we last told of
 
     @property
     def s3(self) -> Any:
@@ -126,7 +129,8 @@ class Mirror:
         return self._ledger
 
     def covers(self, bucket: str, key: str) -> bool:
-        return self.config.covers(bucket, key)
+        """In this mirror's folder, and kept by its include/exclude filters."""
+        return self.config.covers(bucket, key) and self.config.selects(key)
 
     def parts(self, key: str) -> tuple[str, ...]:
         return safe_parts(key, self.config.prefix, self.config.directory)
@@ -183,6 +187,36 @@ class Mirror:
         if self._observer is not None:
             self._observer.applied(self.name, key, applied)
 
+    def report_left_alone(self, relatives: list[str]) -> None:
+        """Local files the filters exclude are kept as they are; say so once (again only
+        when their number changes), not at every reconcile."""
+        if len(relatives) == (self._left_alone_said or 0):
+            return
+        self._left_alone_said = len(relatives)
+        if relatives:
+            log.warning(
+                "%s: leaving alone %d local file(s) that include/exclude leave out (neither"
+                " deleted nor updated any more), e.g. %s",
+                self.name,
+                len(relatives),
+                ", ".join(sorted(relatives)[:3]),
+                extra=journal_fields(mirror=self.name),
+            )
+
+    def report_held_back(self, deletions: int, reason: str | None) -> None:
+        """The mass-deletion guard kept ``deletions`` back (0: nothing held any more)."""
+        if deletions:
+            log.warning(
+                "%s: holding back %d deletion(s), nothing deleted: %s. Downloads went"
+                " ahead. If S3 is right, confirm with `s3pull sync --allow-mass-delete`",
+                self.name,
+                deletions,
+                reason,
+                extra=journal_fields(mirror=self.name),
+            )
+        if self._observer is not None:
+            self._observer.held_back(self.name, deletions, reason)
+
     def report_refused(self, refusal: UnsafeKey) -> None:
         """One log line per refused key, and the observer's counters."""
         log.warning(
@@ -204,6 +238,8 @@ class Mirror:
         if not self.config.directory.is_dir():
             return None  # the whole directory is gone: a reconcile brings it back
         key = self.config.prefix + relative
+        if not self.config.selects(key):
+            return None  # the filters leave it out: whatever happens to it is not ours
         started = time.monotonic()
         try:
             parts = self.parts(key)

@@ -28,6 +28,18 @@ def _ago(then: float | None) -> str:
     return f"{seconds:.0f} s ago"
 
 
+def _due(then: float | None) -> str:
+    if not then:
+        return 'never (reconcile_interval = "0")'
+    seconds = then - time.time()
+    if seconds <= 0:
+        return "due now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"in {seconds / size:.0f} {unit}"
+    return f"in {seconds:.0f} s"
+
+
 async def status_command(config: Config, queue_url: str | None, as_json: bool) -> int:
     snapshot = read_snapshot(config.agent.state_directory)
     alive = bool(
@@ -112,6 +124,11 @@ def _print_status(
             f"  reconcile     {_ago(reconcile['at'])}: {reconcile['downloaded']} downloaded,"
             f" {reconcile['deleted']} deleted, {reconcile['failed']} failed"
             f" ({reconcile['seconds']:.1f} s)"
+        )
+    for mirror, schedule in sorted(snapshot.get("reconciles", {}).items()):
+        print(
+            f"  reconcile     {mirror}: last {_ago(schedule.get('last_at'))},"
+            f" next {_due(schedule.get('next_at'))}"
         )
     for mirror, changes in sorted(snapshot.get("last_changes", {}).items()):
         last = changes[-1]

@@ -22,6 +22,7 @@ from typing import Final
 from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.download import mtime_ns
 from s3pull.errors import UnsafeKey
+from s3pull.guard import held_back_reason
 from s3pull.mirror import Applied, Mirror, file_matches
 from s3pull.paths import is_folder_placeholder, local_stat, shown_name
 from s3pull.walk import walk_files
@@ -60,6 +61,7 @@ class Executed:
     refused: int  # refused only when acted on: collisions, files swapped for symlinks
     downloaded: int = 0
     deleted: int = 0
+    held_back: int = 0  # deletions the mass-deletion guard kept back
 
 
 @dataclass(slots=True)
@@ -72,6 +74,14 @@ class ReconcilePlan:
     adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
     up_to_date: int = 0
     under: str = ""  # the prefix the listing covered
+    excluded: int = 0  # listed objects the mirror's include/exclude filters leave out
+    # Local files the filters leave out: never deleted, never updated (a filter added
+    # later must not cost the files it now excludes).
+    left_alone: list[str] = field(default_factory=list)
+    files: int = 0  # local files the filters select (what max_delete's percentage is of)
+    listed: int = 0  # listed objects the filters select, folder placeholders aside
+    # Why the deletions wait for an operator (max_delete, an empty listing), or None.
+    held_back: str | None = None
 
     @property
     def download_bytes(self) -> int:
@@ -98,10 +108,14 @@ async def list_remote(mirror: Mirror, under: str | None = None) -> list[RemoteOb
 
 
 async def plan(
-    mirror: Mirror, remote: list[RemoteObject] | None = None, under: str | None = None
+    mirror: Mirror,
+    remote: list[RemoteObject] | None = None,
+    under: str | None = None,
+    allow_mass_delete: bool = False,
 ) -> ReconcilePlan:
     """Compare a listing (of everything, or of ``under``) with the directory: what
-    to fetch, what to delete."""
+    to fetch, what to delete, and whether the deletions must wait for an operator
+    (``allow_mass_delete`` is that operator's word)."""
     if remote is None:
         remote = await list_remote(mirror, under)
     directory = mirror.config.directory
@@ -113,6 +127,10 @@ async def plan(
             await asyncio.sleep(0)
         if is_folder_placeholder(obj.key):
             continue
+        if not mirror.config.selects(obj.key):
+            planned.excluded += 1
+            continue
+        planned.listed += 1
         try:
             parts = mirror.parts(obj.key)
             st = local_stat(directory, parts, obj.key)
@@ -134,10 +152,19 @@ async def plan(
         for counted, (relative, _st) in enumerate(walk_files(directory), start=1):
             if counted % PLAN_STEP == 0:
                 await asyncio.sleep(0)
+            if not mirror.config.selects(mirror.config.prefix + relative):
+                planned.left_alone.append(shown_name(relative))
+                continue
+            planned.files += 1
             if relative not in wanted:
                 planned.deletions.append(
                     (mirror.config.prefix + shown_name(relative), tuple(relative.split("/")))
                 )
+        reason = held_back_reason(
+            mirror.config.max_delete, len(planned.deletions), planned.files, planned.listed
+        )
+        if reason is not None and not allow_mass_delete:
+            planned.held_back = reason
     return planned
 
 
@@ -204,6 +231,11 @@ async def execute(
     mirror.ledger.reset_sequencers(mirror.name, plan.under)
     for refusal in plan.refused:
         mirror.report_refused(refusal)
+    if mirror.config.delete and plan.under == mirror.config.prefix:  # a mirror's own plan
+        mirror.report_left_alone(plan.left_alone)
+        mirror.report_held_back(len(plan.deletions) if plan.held_back else 0, plan.held_back)
+    if plan.held_back:
+        return Executed(failures, refused, downloaded, 0, held_back=len(plan.deletions))
     for counted, (key, parts) in enumerate(plan.deletions, start=1):
         if counted % PLAN_STEP == 0:
             await asyncio.sleep(0)

@@ -53,12 +53,15 @@ class ReconcileReport:
     refused: int
     failed: int
     seconds: float
+    held_back: int = 0  # deletions the mass-deletion guard kept back
 
 
-async def plan_all(mirrors: Sequence[Mirror]) -> list[tuple[Mirror, ReconcilePlan]]:
+async def plan_all(
+    mirrors: Sequence[Mirror], allow_mass_delete: bool = False
+) -> list[tuple[Mirror, ReconcilePlan]]:
     plans = []
     for mirror in mirrors:
-        plans.append((mirror, await plan(mirror)))
+        plans.append((mirror, await plan(mirror, allow_mass_delete=allow_mass_delete)))
     return plans
 
 
@@ -78,7 +81,7 @@ async def reconcile_all(
         sum(planned.download_bytes for _m, planned in plans),
     )
     advance: Callable[[int], None] = progress.advance
-    failed = refused_on_act = downloaded = deleted = 0
+    failed = refused_on_act = downloaded = deleted = held_back = 0
     try:
         for mirror, planned in plans:
             executed = await execute(mirror, planned, concurrency, advance)
@@ -86,6 +89,7 @@ async def reconcile_all(
             refused_on_act += executed.refused
             downloaded += executed.downloaded
             deleted += executed.deleted
+            held_back += executed.held_back
     finally:  # interrupted too: end the bar's line, or the next output is glued to it
         progress.finish()
     report = ReconcileReport(
@@ -95,10 +99,11 @@ async def reconcile_all(
         refused=sum(len(planned.refused) for _m, planned in plans) + refused_on_act,
         failed=failed,
         seconds=time.monotonic() - started,
+        held_back=held_back,
     )
     log.info(
         "reconciled %d mirror(s) in %.1f s: %d downloaded, %d deleted, %d up to date,"
-        " %d refused, %d failed",
+        " %d refused, %d failed, %d deletion(s) held back",
         len(plans),
         report.seconds,
         report.downloaded,
@@ -106,6 +111,7 @@ async def reconcile_all(
         report.up_to_date,
         report.refused,
         report.failed,
+        report.held_back,
         extra=SUMMARY,
     )
     return report

@@ -71,6 +71,10 @@ class Stats:
     failing: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # Mirror -> what its last reconcile left undone (cleared by one that leaves nothing).
     reconcile_failures: dict[str, str] = field(default_factory=dict)
+    # Mirror -> {"deletions", "reason", "at"}: what the mass-deletion guard keeps back.
+    held_back: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Mirror -> {"last_at", "next_at", "interval"}: its full reconciles, done and due.
+    reconciles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def failure(self, where: str, key: str, message: str) -> None:
         """``key`` (a mirror's key, a trigger's batch) failed and will be retried."""
@@ -91,6 +95,16 @@ class Stats:
             self.reconcile_failures.pop(mirror, None)
         else:
             self.reconcile_failures[mirror] = problem
+
+    def held_back_result(self, mirror: str, deletions: int, reason: str | None) -> None:
+        if deletions:
+            self.held_back[mirror] = {"deletions": deletions, "reason": reason, "at": _now()}
+        else:
+            self.held_back.pop(mirror, None)
+
+    def reconcile_schedule(self, mirror: str, interval: float, next_at: float | None) -> None:
+        entry = self.reconciles.setdefault(mirror, {"last_at": None})
+        entry.update(interval=interval, next_at=next_at)
 
     def failing_now(self) -> dict[str, list[dict[str, Any]]]:
         """What is failing now, per place, newest failure first; forgets what stopped
@@ -136,7 +150,13 @@ class Stats:
             }
         )
 
-    def reconcile(self, downloaded: int, deleted: int, failed: int, seconds: float) -> None:
+    def reconcile(
+        self, downloaded: int, deleted: int, failed: int, seconds: float, mirror: str = ""
+    ) -> None:
+        if mirror:
+            self.reconciles.setdefault(mirror, {"next_at": None, "interval": None})["last_at"] = (
+                _now()
+            )
         self.last_reconcile = {
             "downloaded": downloaded,
             "deleted": deleted,
@@ -153,6 +173,8 @@ class Stats:
         if phase in ("in sync", "stopped") and (failing or self.reconcile_failures):
             places = sorted({*failing, *self.reconcile_failures})
             phase = f"failing: {', '.join(places)}"
+        elif phase in ("in sync", "stopped") and self.held_back:
+            phase = f"holding back deletions: {', '.join(sorted(self.held_back))}"
         elif phase == "in sync" and in_flight:
             phase = f"behind: {in_flight} message(s) in flight"
         ago = (
@@ -200,6 +222,8 @@ class Stats:
                 for where, entries in self.failing_now().items()
             },
             "reconcile_failures": dict(self.reconcile_failures),
+            "held_back": dict(self.held_back),
+            "reconciles": {mirror: dict(entry) for mirror, entry in self.reconciles.items()},
         }
 
 
@@ -286,6 +310,12 @@ def problems(snapshot: dict[str, Any] | None, queues: list[dict[str, Any]]) -> l
         )
     for mirror, problem in sorted(daemon.get("reconcile_failures", {}).items()):
         found.append(f"mirror {mirror}: {problem} (a restart reconciles again)")
+    for mirror, held in sorted(daemon.get("held_back", {}).items()):
+        found.append(
+            f"mirror {mirror}: {held['deletions']} deletion(s) held back, nothing deleted:"
+            f" {held['reason']} (if S3 is right: stop the agent, run"
+            " `s3pull sync --allow-mass-delete`, start it again)"
+        )
     for queue in queues:
         name = str(queue["url"]).rsplit("/", 1)[-1]
         if "error" in queue:
@@ -300,8 +330,9 @@ def problems(snapshot: dict[str, Any] | None, queues: list[dict[str, Any]]) -> l
 
 def verdict(snapshot: dict[str, Any] | None, alive: bool, queues: list[dict[str, Any]]) -> str:
     """One word an operator can act on: IN SYNC, BEHIND, BOOTSTRAPPING, BACKING OFF,
-    FAILING (changes or a reconcile failing now), DEAD LETTERS, UNKNOWN (SQS would not
-    say), NOT RUNNING. Only IN SYNC means nothing is wrong."""
+    FAILING (changes or a reconcile failing now), HELD BACK (deletions kept back by the
+    mass-deletion guard), DEAD LETTERS, UNKNOWN (SQS would not say), NOT RUNNING. Only
+    IN SYNC means nothing is wrong."""
     if snapshot is None or not alive:
         return "NOT RUNNING"
     phase = str(snapshot.get("phase", ""))
@@ -311,6 +342,8 @@ def verdict(snapshot: dict[str, Any] | None, alive: bool, queues: list[dict[str,
         return "BOOTSTRAPPING"
     if snapshot.get("failing") or snapshot.get("reconcile_failures"):
         return "FAILING"
+    if snapshot.get("held_back"):
+        return "HELD BACK"
     if any(queue.get("dead_lettered") for queue in queues):
         return "DEAD LETTERS"
     if any("error" in queue for queue in queues):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -26,7 +27,7 @@ from s3pull.identity import InstanceMetadata, MetadataUnavailable
 from s3pull.metrics import Recorder
 from s3pull.mirror import Mirror
 from s3pull.paths import TEMP_PREFIX
-from s3pull.plan import execute, plan
+from s3pull.plan import Executed, ReconcilePlan, execute, plan
 from s3pull.provision import OwnQueue
 from s3pull.stopping import StopSignal, sleep_unless
 
@@ -38,6 +39,8 @@ __all__ = [
     "lifecycle_terminated",
     "local_drift",
     "next_config",
+    "periodic_reconciles",
+    "reconcile_live",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,6 +248,79 @@ async def _watch(
         await changes_seen.aclose()
 
 
+async def reconcile_live(
+    mirror: Mirror, dispatcher: Dispatcher, concurrency: int
+) -> tuple[ReconcilePlan, Executed]:
+    """A full reconcile of one mirror while its events are applied: each download and
+    deletion takes the key's lock, and a file to delete is first looked up in S3, since
+    an event may have brought it after the listing (``plan.execute``)."""
+
+    def hold(key: str) -> AbstractAsyncContextManager[None]:
+        return dispatcher.holding(mirror, key)
+
+    planned = await plan(mirror)
+    return planned, await execute(mirror, planned, concurrency, hold=hold)
+
+
+async def periodic_reconciles(
+    mirrors: Sequence[Mirror],
+    dispatcher: Dispatcher,
+    stop: asyncio.Event,
+    recorder: Recorder,
+    concurrency: int,
+) -> None:
+    """Reconcile each mirror every ``reconcile_interval`` until ``stop``.
+
+    Events are not enough on their own: S3 may send one notification for concurrent
+    writes to one key, and a change made while the bucket's notification was broken
+    sends none. In sync, a reconcile costs the listing only: the plan compares each
+    listed ETag and size with the ledger and the file, with no GET.
+    """
+    async with asyncio.TaskGroup() as group:
+        for mirror in mirrors:
+            group.create_task(_reconcile_every(mirror, dispatcher, stop, recorder, concurrency))
+
+
+async def _reconcile_every(
+    mirror: Mirror,
+    dispatcher: Dispatcher,
+    stop: asyncio.Event,
+    recorder: Recorder,
+    concurrency: int,
+) -> None:
+    interval = mirror.config.reconcile_interval
+    if interval <= 0:
+        recorder.reconcile_scheduled(mirror.name, 0, None)
+        return
+    while True:
+        # From the end of the last one: a slow reconcile never runs back to back.
+        recorder.reconcile_scheduled(mirror.name, interval, time.time() + interval)
+        if await sleep_unless(stop, interval):
+            return
+        started = time.monotonic()
+        try:
+            planned, executed = await reconcile_live(mirror, dispatcher, concurrency)
+        except TRANSIENT_ERRORS as exc:  # the next one tries again; status says so meanwhile
+            recorder.error("reconcile", f"{mirror.name}: periodic reconcile failed: {exc}")
+            log.warning(
+                "%s: periodic reconcile failed, next in %.0f s: %s", mirror.name, interval, exc
+            )
+            continue
+        seconds = time.monotonic() - started
+        recorder.reconciled(
+            mirror.name, executed.downloaded, executed.deleted, len(executed.failures), seconds
+        )
+        log.info(
+            "%s: periodic reconcile in %.1f s: %d downloaded, %d deleted, %d up to date, %d failed",
+            mirror.name,
+            seconds,
+            executed.downloaded,
+            executed.deleted,
+            planned.up_to_date,
+            len(executed.failures),
+        )
+
+
 async def _reconcile_returned(
     mirror: Mirror,
     dispatcher: Dispatcher,
@@ -254,16 +330,12 @@ async def _reconcile_returned(
 ) -> None:
     """A mirror directory is back after it was deleted: make it equal to S3 again, in
     turn with the events applied meanwhile (each key under its lock)."""
-
-    def hold(key: str) -> AbstractAsyncContextManager[None]:
-        return dispatcher.holding(mirror, key)
-
     log.warning("%s: directory %s is back: reconciling it", mirror.name, mirror.config.directory)
     mirror.directory_recreated = False
     backoff = Backoff()
     for attempt in range(1, DRIFT_RECONCILE_ATTEMPTS + 1):
         try:
-            executed = await execute(mirror, await plan(mirror), concurrency, hold=hold)
+            _planned, executed = await reconcile_live(mirror, dispatcher, concurrency)
         except TRANSIENT_ERRORS as exc:
             log.warning("%s: reconcile failed (attempt %d): %s", mirror.name, attempt, exc)
         else:
