@@ -168,6 +168,7 @@ class Daemon:
         mirrors = [
             Mirror(m, clients.s3, ledger, self.recorder, self.repeats) for m in self.config.mirrors
         ]
+        self.stats.forget_mirrors_except({m.name for m in mirrors})
         triggers = [
             Trigger(t, clients.s3, ledger, self.config.agent.concurrency, self.recorder)
             for t in self.config.triggers

@@ -96,6 +96,13 @@ class Stats:
         else:
             self.reconcile_failures[mirror] = problem
 
+    def forget_mirrors_except(self, names: set[str]) -> None:
+        """A reload removed mirrors: what they held back or had scheduled is moot."""
+        for mirror in [m for m in self.held_back if m not in names]:
+            del self.held_back[mirror]
+        for mirror in [m for m in self.reconciles if m not in names]:
+            del self.reconciles[mirror]
+
     def held_back_result(self, mirror: str, deletions: int, reason: str | None) -> None:
         if deletions:
             self.held_back[mirror] = {"deletions": deletions, "reason": reason, "at": _now()}

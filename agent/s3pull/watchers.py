@@ -300,10 +300,16 @@ async def _reconcile_every(
         started = time.monotonic()
         try:
             planned, executed = await reconcile_live(mirror, dispatcher, concurrency)
-        except TRANSIENT_ERRORS as exc:  # the next one tries again; status says so meanwhile
+        # Anything (AWS, the disk, a busy ledger): the next one tries again, and status
+        # says FAILING meanwhile. Nothing here may end the periodic reconciles for good.
+        except Exception as exc:
             recorder.error("reconcile", f"{mirror.name}: periodic reconcile failed: {exc}")
             log.warning(
-                "%s: periodic reconcile failed, next in %.0f s: %s", mirror.name, interval, exc
+                "%s: periodic reconcile failed, next in %.0f s: %s: %s",
+                mirror.name,
+                interval,
+                type(exc).__name__,
+                exc,
             )
             continue
         seconds = time.monotonic() - started
