@@ -15,7 +15,8 @@ import pytest
 from conftest import Agent, queue_depth, render_config, run_s3pull, wait_until
 from faultproxy import FaultProxy
 from faults_conftest import through
-from s3pull.emulator import NOTIFIED_EVENTS, Pipeline
+from s3pull.emulator import NOTIFIED_EVENTS, Pipeline, client
+from s3pull.guard import DeleteLimit, held_back_reason
 
 EXCLUDE = ["**/*.tmp", "drafts/**"]
 
@@ -172,6 +173,9 @@ def test_a_mass_deletion_is_held_back_until_an_operator_allows_it(
     # whatever max_delete says; status and metrics say so until an operator confirms.
     for key in [o["Key"] for o in s3.list_objects_v2(Bucket=pipeline.bucket)["Contents"]]:
         s3.delete_object(Bucket=pipeline.bucket, Key=key)
+    # The uploads' own events are still queued (only `sync` ran): each would delete its
+    # file on its own, as event deletions do. Gone, as if consumed long ago.
+    client(pipeline.endpoint, "sqs").purge_queue(QueueUrl=pipeline.queue_url)
     port = free_port()
     config.write_text(
         config.read_text().replace('max_delete = "20%"\n', "")
@@ -194,10 +198,36 @@ def test_a_mass_deletion_is_held_back_until_an_operator_allows_it(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert 's3pull_deletions_held_back{mirror="data"} 8.0' in metrics
+    beside = run_s3pull("sync", "--allow-mass-delete", "--config", str(config))
+    assert beside.returncode == 1 and "stop it first" in beside.stderr
+    assert len(files(mirror)) == 8
     assert agent.stop() == 0
 
     assert run_s3pull("sync", "--allow-mass-delete", "--config", str(config)).returncode == 0
     assert files(mirror) == {}
+
+
+@pytest.mark.parametrize(
+    ("limit", "deletions", "files", "listed", "held"),
+    [
+        (DeleteLimit(count=3), 3, 10, 7, None),
+        (DeleteLimit(count=3), 4, 10, 6, "4 of 10 file(s) is more than max_delete = 3"),
+        (DeleteLimit(count=0), 1, 10, 9, "1 of 10 file(s) is more than max_delete = 0"),
+        (DeleteLimit(percent=10), 1, 10, 9, None),
+        (DeleteLimit(percent=10), 1, 9, 8, 'is more than max_delete = "10%"'),  # 11%
+        (DeleteLimit(percent=12.5), 1, 8, 7, None),
+        (None, 900, 1000, 100, None),  # without max_delete only an empty listing is held
+        (None, 5, 5, 0, "S3 listed no object for a mirror holding 5 file(s)"),
+        (DeleteLimit(percent=100), 5, 5, 0, "S3 listed no object"),
+        (None, 0, 0, 0, None),  # an empty mirror of an empty prefix: nothing to hold
+    ],
+)
+def test_when_deletions_are_held_back(
+    limit: DeleteLimit | None, deletions: int, files: int, listed: int, held: str | None
+) -> None:
+    reason = held_back_reason(limit, deletions, files, listed)
+    assert (reason is None) == (held is None)
+    assert held is None or (reason is not None and held in reason)
 
 
 def test_event_driven_deletions_are_not_counted_against_max_delete(

@@ -330,6 +330,11 @@ def _verb(argv: Sequence[str] | None) -> int:
             if args.verb == "sync"
             else "one agent per state directory"
         )
+        if args.verb == "sync" and args.allow_mass_delete:
+            hint = (
+                "stop it first (systemctl stop s3pull), run `s3pull sync --allow-mass-delete`,"
+                " then start it again"
+            )
         print(f"s3pull: {exc}: {hint}", file=sys.stderr)
         return EXIT_FAILURE
     except NoRegionError:
