@@ -92,7 +92,9 @@ def test_filtered_keys_are_neither_downloaded_nor_deleted_and_their_events_are_i
     dry = run_s3pull("sync", "--dry-run", "--config", str(config))
     assert dry.returncode == 0, dry.stderr
     assert "2 to download" in dry.stdout and "1 to delete" in dry.stdout
-    assert "3 left out by include/exclude" in dry.stdout
+    assert "3 left out by include/exclude, 2 local file(s) they leave out left alone" in (
+        dry.stdout
+    )
     assert ".tmp" not in dry.stdout and "drafts" not in dry.stdout
 
     agent = start_agent(config)

@@ -467,6 +467,11 @@ async def _sync(
                             if plan.excluded
                             else ""
                         )
+                        + (
+                            f", {len(plan.left_alone)} local file(s) they leave out left alone"
+                            if plan.left_alone
+                            else ""
+                        )
                     )
                     if plan.held_back:
                         print(

@@ -274,7 +274,8 @@ async def periodic_reconciles(
     Events are not enough on their own: S3 may send one notification for concurrent
     writes to one key, and a change made while the bucket's notification was broken
     sends none. In sync, a reconcile costs the listing only: the plan compares each
-    listed ETag and size with the ledger and the file, with no GET.
+    listed ETag with the ledger's and the file's size and mtime with what the ledger
+    recorded, with no GET or HEAD.
     """
     async with asyncio.TaskGroup() as group:
         for mirror in mirrors:
