@@ -158,7 +158,7 @@ def test_a_mass_deletion_is_held_back_until_an_operator_allows_it(
     for i in range(3):
         s3.delete_object(Bucket=pipeline.bucket, Key=f"data/f{i}.txt")
     put(s3, pipeline, "data/new.txt", b"new")
-    held = run_s3pull("sync", "--config", str(config))
+    held = run_s3pull("sync", "--quiet", "--config", str(config))
     assert held.returncode == 1
     assert "holding back 3 deletion(s), nothing deleted: 3 of 10 file(s) is more than" in (
         held.stderr

@@ -22,7 +22,7 @@ from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
 from s3pull.events import ObjectChange
 from s3pull.ledger import Entry, Ledger
-from s3pull.logfields import journal_fields
+from s3pull.logfields import SUMMARY, journal_fields
 from s3pull.paths import (
     is_folder_placeholder,
     is_utf8,
@@ -212,7 +212,8 @@ class Mirror:
                 self.name,
                 deletions,
                 reason,
-                extra=journal_fields(mirror=self.name),
+                # Work left for an operator: shown with --quiet too, like the summary.
+                extra={**journal_fields(mirror=self.name), **SUMMARY},
             )
         if self._observer is not None:
             self._observer.held_back(self.name, deletions, reason)
