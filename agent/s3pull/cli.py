@@ -433,10 +433,13 @@ async def _sync(config: Config, dry_run: bool, progress: TerminalProgress | None
                         print(f"{mirror.name}: delete {key}")
                     for refusal in plan.refused:
                         print(f"{mirror.name}: refuse {refusal.key!r}: {refusal.reason}")
+                    for obj in plan.archived:
+                        print(f"{mirror.name}: skip {obj.key} (archived: {obj.storage_class})")
                     print(
                         f"{mirror.name}: {len(plan.downloads)} to download"
                         f" ({plan.download_bytes} bytes), {len(plan.deletions)} to delete,"
                         f" {plan.up_to_date} up to date"
+                        + (f", {len(plan.archived)} archived" if plan.archived else "")
                     )
                 return EXIT_OK
             report = await reconcile_all(mirrors, config.agent.concurrency, progress, plans)

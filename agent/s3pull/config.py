@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from s3pull.errors import ConfigError
@@ -25,6 +25,7 @@ from s3pull.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AgentConfig",
+    "Archived",
     "AwsConfig",
     "Config",
     "MetricsConfig",
@@ -42,6 +43,10 @@ DEFAULT_CONFIG_PATH = Path("/etc/s3pull/s3pull.toml")
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
     """The config file to use without `--config`: `$S3PULL_CONFIG`, then the default."""
     return Path(environ.get("S3PULL_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+# `[[mirror]] archived`: what to do with an object S3 has archived and not restored.
+Archived = Literal["skip", "restore"]
 
 
 # The records. TOML keys are exactly their field names, so a field's default is the
@@ -111,6 +116,10 @@ class MirrorConfig(_Folder):
     prefix: str
     directory: Path
     delete: bool = True
+    # A GLACIER / DEEP_ARCHIVE object not restored cannot be read (InvalidObjectState):
+    # "skip" logs and counts it, "restore" asks S3 to restore it and fetches it on
+    # ObjectRestore:Completed. Either way the message is acknowledged, never dead-lettered.
+    archived: Archived = "skip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +317,16 @@ def _mirror(t: _Table) -> MirrorConfig:
         prefix=_prefix(t, "prefix"),
         directory=_path(t, "directory"),
         delete=_bool(t, "delete"),
+        archived=_archived(t, "archived"),
     )
+
+
+def _archived(t: _Table, name: str) -> Archived:
+    value = _str(t, name)
+    for choice in get_args(Archived):
+        if value == choice:
+            return cast(Archived, choice)
+    raise t.invalid(name, f'must be "skip" or "restore", got {value!r}')
 
 
 def _trigger(t: _Table) -> TriggerConfig:

@@ -22,7 +22,7 @@ from typing import Final
 from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.download import mtime_ns
 from s3pull.errors import UnsafeKey
-from s3pull.mirror import Applied, Mirror, file_matches
+from s3pull.mirror import ARCHIVED_STORAGE_CLASSES, Applied, Mirror, file_matches
 from s3pull.paths import is_folder_placeholder, local_stat, shown_name
 from s3pull.walk import walk_files
 
@@ -52,6 +52,7 @@ class RemoteObject:
     mtime_ns: int
     # Download only this version (ETag), or fail: a trigger manifest's promise.
     if_match: str | None = None
+    storage_class: str | None = None  # as the listing says (None: STANDARD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,8 @@ class ReconcilePlan:
     deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     refused: list[UnsafeKey] = field(default_factory=list)
     adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
+    # Archived and archived = "skip": never fetched (a GET would fail), never deleted.
+    archived: list[RemoteObject] = field(default_factory=list)
     up_to_date: int = 0
     under: str = ""  # the prefix the listing covered
 
@@ -92,7 +95,13 @@ async def list_remote(mirror: Mirror, under: str | None = None) -> list[RemoteOb
         for item in page.get("Contents", ()):
             etag = str(item.get("ETag", "")).strip('"') or None
             objects.append(
-                RemoteObject(item["Key"], etag, int(item["Size"]), mtime_ns(item["LastModified"]))
+                RemoteObject(
+                    item["Key"],
+                    etag,
+                    int(item["Size"]),
+                    mtime_ns(item["LastModified"]),
+                    storage_class=item.get("StorageClass"),
+                )
             )
     return objects
 
@@ -128,6 +137,10 @@ async def plan(
             # the size and whole-second mtime our downloads give: adopt, not download.
             planned.adopted.append(obj)
             planned.up_to_date += 1
+        elif obj.storage_class in ARCHIVED_STORAGE_CLASSES and mirror.config.archived == "skip":
+            # The listing tells, so no GET that must fail. (With "restore" it is fetched:
+            # a restored copy downloads, an unrestored one has its restore requested.)
+            planned.archived.append(obj)
         else:
             planned.downloads.append((obj, parts))
     if mirror.config.delete:
@@ -204,6 +217,8 @@ async def execute(
     mirror.ledger.reset_sequencers(mirror.name, plan.under)
     for refusal in plan.refused:
         mirror.report_refused(refusal)
+    for obj in plan.archived:
+        mirror.report_applied(obj.key, Applied("archived"), "reconcile", time.monotonic())
     for counted, (key, parts) in enumerate(plan.deletions, start=1):
         if counted % PLAN_STEP == 0:
             await asyncio.sleep(0)
