@@ -202,3 +202,22 @@ def test_archived_must_be_skip_or_restore(tmp_path: Path, pipeline: Pipeline) ->
     assert f'{config}: mirror[0].archived: must be "skip" or "restore", got \'thaw\'' in (
         result.stderr
     )
+
+
+def test_a_reconcile_with_restore_asks_then_downloads_once_restored(
+    tmp_path: Path, pipeline: Pipeline, s3: Any
+) -> None:
+    config = write_config(tmp_path, pipeline, "restore")
+    s3.put_object(Bucket=pipeline.bucket, Key="data/cold.bin", Body=b"cold", StorageClass="GLACIER")
+
+    first = s3pull("sync", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert "data: restoring data/cold.bin (reconcile)" in first.stderr
+    assert "0 downloaded" in first.stderr
+    assert not (tmp_path / "mirror" / "cold.bin").exists()
+
+    # moto finishes the restore on the next read of the object.
+    assert "expiry-date" in s3.head_object(Bucket=pipeline.bucket, Key="data/cold.bin")["Restore"]
+    second = s3pull("sync", "--config", str(config))
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "mirror" / "cold.bin").read_bytes() == b"cold"

@@ -206,7 +206,9 @@ async def execute(
                 )
                 failures.append(exc)
             else:
-                downloaded += 1
+                # An archived object (archived = "restore") had its restore asked: not
+                # downloaded yet.
+                downloaded += applied.outcome not in ("archived", "restoring")
                 mirror.report_applied(obj.key, applied, "reconcile", started)
             if on_progress is not None:
                 on_progress(obj.size)
