@@ -595,6 +595,8 @@ def test_existing_bucket(moto_endpoint: str, name: str) -> None:
     assert policy["ReadObjects"]["Resource"] == ["arn:*:s3:::${aws:PrincipalTag/s3pull-bucket}/*"]
     assert "Condition" not in policy["ListPrefixes"]
     assert "ConsumeSharedTriggerQueue" not in policy
+    assert "RestoreArchivedObjects" not in policy  # RestoreArchived=false
+    assert "CheckEventBridgeTargets" not in policy  # EventSource=notification
     check_least_privilege(stack, policy)
 
     assert apply_what_moto_skips(stack) == ["TopicPolicy"]
@@ -634,7 +636,12 @@ def test_existing_bucket_sending_to_eventbridge(moto_endpoint: str, name: str) -
     stack = Stack(
         moto_endpoint,
         name,
-        {"BucketName": name, "CreateBucket": "false", "EventSource": "eventbridge"},
+        {
+            "BucketName": name,
+            "CreateBucket": "false",
+            "EventSource": "eventbridge",
+            "RestoreArchived": "true",
+        },
     )
 
     assert stack.status == "CREATE_COMPLETE"
@@ -655,6 +662,9 @@ def test_existing_bucket_sending_to_eventbridge(moto_endpoint: str, name: str) -
 
     policy = statements(stack.role_policy("InstanceRole", "s3pull-agent"))
     assert policy["CheckEventBridgeTargets"]["Resource"] == rule_arn
+    # archived = "restore" may restore what it may read, nothing else.
+    assert policy["RestoreArchivedObjects"]["Action"] == "s3:RestoreObject"
+    assert policy["RestoreArchivedObjects"]["Resource"] == policy["ReadObjects"]["Resource"]
     check_least_privilege(stack, policy)
     assert apply_what_moto_skips(stack) == ["TopicPolicy"]
     # Only this stack's rule may publish; S3 itself no longer needs to.
