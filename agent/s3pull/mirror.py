@@ -60,9 +60,10 @@ Outcome = Literal[
 ]
 
 # "Working with archived objects" (S3 User Guide): objects in these classes cannot be read
-# until restored; GetObject answers 403 InvalidObjectState. (GLACIER_IR is readable, and
-# INTELLIGENT_TIERING's archive tiers are opt-in: they too answer InvalidObjectState, which
-# is what ``_fetch_once`` acts on, so the listing's class is only a reconcile's shortcut.)
+# until restored; GetObject answers 403 InvalidObjectState. (GLACIER_IR is readable.
+# INTELLIGENT_TIERING's opt-in archive tiers answer InvalidObjectState too, which is what
+# ``_fetch_once`` acts on, so "skip" covers them; but a restore there takes no Days, so
+# "restore" fails on them and the change is retried: not handled yet.)
 ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 # archived = "restore": how long the restored copy stays readable, and how fast it comes.
 # The agent fetches it as soon as ObjectRestore:Completed arrives; 7 days outlasts a
