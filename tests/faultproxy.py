@@ -23,6 +23,9 @@ what happens to a request. A rule is active until it has been applied ``times`` 
 ``forbid-missing`` forward, but answer a 404 with ``403 AccessDenied``: what S3 says for a
               missing key to a role without ``s3:ListBucket`` on its prefix (S3 API
               reference, GetObject and HeadObject, "Permissions"). moto enforces no IAM.
+``rewrite``   forward, replacing ``old`` with ``new`` in the response body: what moto leaves
+              out of an answer AWS gives (its GetBucketNotificationConfiguration never
+              shows the EventBridgeConfiguration it stored and acts on).
 
 ``key_prefix`` matches an object's key, or the ``prefix`` of a ListObjectsV2 request: a
 403 rule on a listing stands for ``s3:ListBucket`` granted only outside that prefix.
@@ -45,7 +48,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["FaultProxy", "Request", "Rule"]
 
-Action = Literal["pass", "error", "reset", "blackhole", "refuse", "forbid-missing"]
+Action = Literal["pass", "error", "reset", "blackhole", "refuse", "forbid-missing", "rewrite"]
 
 HEAD_LIMIT = 1 << 20  # request/response heads (and chunk-size lines) longer than this: bug
 PIECE = 64 * 1024  # body forwarding granularity (throttling and cuts work at this size)
@@ -85,6 +88,8 @@ class Rule:
     fraction: float = 0.5  # share of the body sent before a reset
     status: int = 503
     code: str = "SlowDown"
+    old: bytes = b""  # rewrite: this in the response body ...
+    new: bytes = b""  # ... becomes this
     hits: int = field(default=0, init=False)
     _until: float | None = field(default=None, init=False, repr=False)
     _ended: bool = field(default=False, init=False, repr=False)
@@ -407,6 +412,18 @@ class FaultProxy:
         # The upstream closes after each response (we asked); the client connection
         # stays open only when the body's end can be told without a close.
         keep = no_body or length_header is not None or chunked
+        if rule is not None and rule.action == "rewrite" and not no_body:
+            # moto answers with a length; a chunked body is not rewritten here.
+            assert not chunked, "rewrite: chunked responses are not supported"
+            payload = (await upstream.read()).replace(rule.old, rule.new)
+            writer.write(
+                response.render(
+                    drop=("content-length",), add=(("Content-Length", str(len(payload))),)
+                )
+                + payload
+            )
+            await writer.drain()
+            return True
         writer.write(response.render(add=() if keep else (("Connection", "close"),)))
         if no_body:
             await writer.drain()

@@ -54,6 +54,21 @@ _MOTO_PUT = ObjectChange(
     etag="5d41402abc4b2a76b9719d911017c592",
 )
 
+# "EventBridge event message structure", Object Created, for the key moto's samples use.
+_EB_PUT = ObjectChange(
+    kind="created",
+    event_name="ObjectCreated:Put",
+    bucket="acme-shared",
+    key=_MOTO_KEY,
+    event_time="2026-11-29T10:15:30Z",
+    size=5,
+    etag="b1946ac92492d2347c6235b4d2611184",
+    version_id="IYV3p45BT0ac8hjHg1houSdS1a.Mro8e",
+    sequencer="617f08299329d189",
+    event_source="aws.s3",
+    delivery="eventbridge",
+)
+
 # Every file in tests/events and exactly what it must parse to.
 EXPECTED: dict[str, Notification] = {
     "aws-object-created-put.json": _changes(_PUT),
@@ -138,8 +153,17 @@ EXPECTED: dict[str, Notification] = {
             sequencer="0055AED6DCD90281E9",
         )
     ),
-    "aws-object-restore-completed.json": Notification(
-        changes=(), ignored=("ObjectRestore:Completed",)
+    "aws-object-restore-completed.json": _changes(
+        ObjectChange(
+            kind="restored",
+            event_name="ObjectRestore:Completed",
+            bucket="acme-shared",
+            key="archive/2019.tar",
+            event_time=AWS_TIME,
+            size=1048576,
+            etag="b1946ac92492d2347c6235b4d2611184",
+            version_id="null",
+        )
     ),
     "aws-object-tagging-put.json": Notification(changes=(), ignored=("ObjectTagging:Put",)),
     "aws-three-records.json": Notification(
@@ -182,6 +206,56 @@ EXPECTED: dict[str, Notification] = {
             key="assets/copy.txt",
             event_time="2026-11-30T00:52:15.064Z",
         )
+    ),
+    # EventBridge: the key as it is (no URL decoding), "aws.s3" as the source.
+    "aws-eventbridge-object-created.json": _changes(_EB_PUT),
+    "aws-eventbridge-object-created-multipart.json": _changes(
+        dataclasses.replace(
+            _EB_PUT,
+            event_name="ObjectCreated:CompleteMultipartUpload",
+            key="assets/video/%41 intro.mp4",  # not "A intro"
+            size=73400320,
+            etag="a1b2c3d4e5f60718293a4b5c6d7e8f90-9",
+            version_id=None,
+            sequencer="617f08299329d18a",
+        )
+    ),
+    "aws-eventbridge-object-deleted.json": _changes(
+        dataclasses.replace(
+            _EB_PUT,
+            kind="removed",
+            event_name="ObjectRemoved:DeleteMarkerCreated",
+            size=None,
+            etag="d41d8cd98f00b204e9800998ecf8427e",
+            version_id="1QW9g1Z99LUNbvaaYVpW9xDlOLU.qxgF",
+            sequencer="617f0837b476e463",
+        )
+    ),
+    "aws-eventbridge-object-deleted-lifecycle.json": _changes(
+        dataclasses.replace(
+            _EB_PUT,
+            kind="removed",
+            event_name="LifecycleExpiration:Delete",
+            key="logs/2026/01/app.log",
+            size=None,
+            etag="d41d8cd98f00b204e9800998ecf8427e",
+            version_id=None,
+            sequencer=None,
+        )
+    ),
+    "aws-eventbridge-object-restore-completed.json": _changes(
+        dataclasses.replace(
+            _EB_PUT,
+            kind="restored",
+            event_name="ObjectRestore:Completed",
+            key="archive/2019 q4+\u00e9t\u00e9.tar",
+            size=1048576,
+            version_id="KKsjUC1.6gIjqtvhfg5AdMI0eCePIiT3",
+            sequencer=None,
+        )
+    ),
+    "aws-eventbridge-object-tags-added.json": Notification(
+        changes=(), ignored=("Object Tags Added",)
     ),
     "moto-object-removed-delete.json": _changes(
         dataclasses.replace(
@@ -301,7 +375,6 @@ def test_removed_event_types(event_name: str) -> None:
     "event_name",
     [
         "ObjectRestore:Post",
-        "ObjectRestore:Completed",
         "ObjectRestore:Delete",
         "ObjectTagging:Put",
         "ObjectTagging:Delete",
@@ -604,3 +677,149 @@ def test_sequencer_newer(candidate: str, current: str, newer: bool) -> None:
 def test_sequencer_newer_refuses_non_hex(candidate: str, current: str) -> None:
     with pytest.raises(ValueError):
         sequencer_newer(candidate, current)
+
+
+# EventBridge bodies: the AWS sample, mutated.
+
+
+def _eb(**object_fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(_body("aws-eventbridge-object-created.json"))
+    event["detail"]["object"].update(object_fields)
+    return event
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a b/c d.txt",  # a space stays a space
+        "a+b.txt",  # and '+' stays '+': never decoded as a space
+        "100%.txt",
+        "100%25.txt",  # not "100%.txt"
+        "%41",  # not "A"
+        "m\u00fcller \u20ac/\u65e5\u672c\u8a9e.txt",
+        "emoji\U0001f600",
+        "dir%2Fsub",  # not "dir/sub"
+        "../../etc/passwd",  # unsafe keys are for safe_path, as for notifications
+    ],
+)
+def test_eventbridge_key_is_taken_as_sent(key: str) -> None:
+    (change,) = parse_body(json.dumps(_eb(key=key))).changes
+    assert change.key == key
+    assert (change.delivery, change.event_source) == ("eventbridge", "aws.s3")
+
+
+@pytest.mark.parametrize(
+    ("detail_type", "fields", "kind", "event_name"),
+    [
+        ("Object Created", {"reason": "PutObject"}, "created", "ObjectCreated:Put"),
+        ("Object Created", {"reason": "POST Object"}, "created", "ObjectCreated:Post"),
+        ("Object Created", {"reason": "CopyObject"}, "created", "ObjectCreated:Copy"),
+        (
+            "Object Created",
+            {"reason": "CompleteMultipartUpload"},
+            "created",
+            "ObjectCreated:CompleteMultipartUpload",
+        ),
+        ("Object Created", {"reason": "SomethingNew"}, "created", "ObjectCreated:*"),
+        (
+            "Object Deleted",
+            {"reason": "DeleteObject", "deletion-type": "Permanently Deleted"},
+            "removed",
+            "ObjectRemoved:Delete",
+        ),
+        (
+            "Object Deleted",
+            {"reason": "DeleteObject", "deletion-type": "Delete Marker Created"},
+            "removed",
+            "ObjectRemoved:DeleteMarkerCreated",
+        ),
+        (
+            "Object Deleted",
+            {"reason": "Lifecycle Expiration", "deletion-type": "Delete Marker Created"},
+            "removed",
+            "LifecycleExpiration:DeleteMarkerCreated",
+        ),
+        ("Object Restore Completed", {}, "restored", "ObjectRestore:Completed"),
+    ],
+)
+def test_eventbridge_detail_types(
+    detail_type: str, fields: dict[str, str], kind: str, event_name: str
+) -> None:
+    event = _eb()
+    event["detail-type"] = detail_type
+    event["detail"].pop("reason")
+    event["detail"].update(fields)
+    (change,) = parse_body(json.dumps(event)).changes
+    assert (change.kind, change.event_name) == (kind, event_name)
+
+
+@pytest.mark.parametrize(
+    "detail_type",
+    [
+        "Object Restore Initiated",
+        "Object Restore Expired",
+        "Object Storage Class Changed",
+        "Object Access Tier Changed",
+        "Object ACL Updated",
+        "Object Tags Added",
+        "Object Tags Deleted",
+        "Something New From The Future",
+    ],
+)
+def test_eventbridge_ignored_detail_types(detail_type: str) -> None:
+    event = _eb()
+    event["detail-type"] = detail_type
+    assert parse_body(json.dumps(event)) == Notification(changes=(), ignored=(detail_type,))
+
+
+def test_eventbridge_source_is_reported_not_judged() -> None:
+    event = _eb()
+    event["source"] = "acme.forged"
+    (change,) = parse_body(json.dumps(event)).changes
+    assert change.event_source == "acme.forged"  # sources.Trust refuses it
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("detail-type", 7),
+        ("detail-type", "Object\nCreated"),
+        ("source", None),
+        ("time", "yesterday"),
+        ("time", "2026-13-01T00:00:00Z"),
+        ("detail", None),
+        ("detail", []),
+        ("detail.bucket", None),
+        ("detail.bucket.name", "a/b"),
+        ("detail.object", None),
+        ("detail.object.key", None),
+        ("detail.object.key", ""),
+        ("detail.object.key", 5),
+        ("detail.object.key", "lone\ud800surrogate"),
+        ("detail.object.size", "5"),
+        ("detail.object.size", -1),
+        ("detail.object.etag", "not-hex!"),
+        ("detail.object.version-id", "with space"),
+        ("detail.object.sequencer", "xyz"),
+        ("resources", "arn:aws:s3:::acme-shared"),
+        ("resources", ["arn:aws:s3:::another-bucket"]),  # names another bucket
+    ],
+)
+def test_malformed_eventbridge_body_is_unparseable(path: str, value: Any) -> None:
+    event = _eb()
+    *parents, last = path.split(".")
+    node = event
+    for part in parents:
+        node = node[part]
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    with pytest.raises(UnparseableBody):
+        parse_body(json.dumps(event))
+
+
+def test_restore_completed_notification_is_a_restored_change() -> None:
+    body = _records(_set(_record(), "eventName", "ObjectRestore:Completed"))
+    (change,) = parse_body(body).changes
+    assert (change.kind, change.key) == ("restored", "assets/css/site main.css")

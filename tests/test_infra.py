@@ -215,6 +215,9 @@ class Stack:
                 return f"arn:{self.pseudo['AWS::Partition']}:s3:::{physical_id}"
             case "AWS::SNS::Topic", "TopicArn":
                 return physical_id
+            case "AWS::Events::Rule", "Arn":
+                rule = client(self.endpoint, "events").describe_rule(Name=physical_id)
+                return str(rule["Arn"])
         raise NotImplementedError(f"{resource_type}.{name} is not resolved by this test yet")
 
     def substitute(self, text: str, variables: dict[str, Any]) -> str:
@@ -300,8 +303,17 @@ def apply_what_moto_skips(stack: Stack) -> list[str]:
         notifications = stack.resolve(resource["Properties"].get("NotificationConfiguration"))
         if not notifications:
             continue
-        assert set(notifications) == {"TopicConfigurations"}, f"{logical_id}: teach this test"
         bucket = stack.physical_ids[logical_id]
+        if set(notifications) == {"EventBridgeConfiguration"}:
+            assert notifications["EventBridgeConfiguration"] == {"EventBridgeEnabled": True}
+            current = s3.get_bucket_notification_configuration(Bucket=bucket)
+            assert "EventBridgeConfiguration" not in current, f"moto now applies {logical_id}'s"
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}}
+            )
+            applied.append(f"{logical_id}.NotificationConfiguration")
+            continue
+        assert set(notifications) == {"TopicConfigurations"}, f"{logical_id}: teach this test"
         current = s3.get_bucket_notification_configuration(Bucket=bucket)
         assert "TopicConfigurations" not in current, f"moto now applies {logical_id}'s"
         # CloudFormation's shape (one Event, Topic) -> the API's (Events, TopicArn).
@@ -556,6 +568,7 @@ def test_new_bucket_and_shared_trigger_queue(moto_endpoint: str, name: str) -> N
         "s3:LifecycleExpiration:*",
         "s3:ObjectCreated:*",
         "s3:ObjectRemoved:*",
+        "s3:ObjectRestore:Completed",
     ]
     assert {item["TopicArn"] for item in notified} == {outputs["TopicArn"]}
 
@@ -582,6 +595,8 @@ def test_existing_bucket(moto_endpoint: str, name: str) -> None:
     assert policy["ReadObjects"]["Resource"] == ["arn:*:s3:::${aws:PrincipalTag/s3pull-bucket}/*"]
     assert "Condition" not in policy["ListPrefixes"]
     assert "ConsumeSharedTriggerQueue" not in policy
+    assert "RestoreArchivedObjects" not in policy  # RestoreArchived=false
+    assert "CheckEventBridgeTargets" not in policy  # EventSource=notification
     check_least_privilege(stack, policy)
 
     assert apply_what_moto_skips(stack) == ["TopicPolicy"]
@@ -597,6 +612,7 @@ def test_existing_bucket(moto_endpoint: str, name: str) -> None:
         "s3:LifecycleExpiration:*",
         "s3:ObjectCreated:*",
         "s3:ObjectRemoved:*",
+        "s3:ObjectRestore:Completed",
     ]
 
     queue_url = queue_subscribed(moto_endpoint, outputs["TopicArn"], f"s3pull-i-{name[-12:]}")
@@ -606,3 +622,68 @@ def test_existing_bucket(moto_endpoint: str, name: str) -> None:
     s3.delete_object(Bucket=name, Key="assets/logo.png")
     record = receive_s3_record(sqs, queue_url, "assets/logo.png")
     assert record["eventName"].startswith("ObjectRemoved:")
+
+
+@pytest.mark.moto_only("deploys the CloudFormation template; LocalStack runs S3, SNS, SQS only")
+def test_existing_bucket_sending_to_eventbridge(moto_endpoint: str, name: str) -> None:
+    s3, sns, sqs = (client(moto_endpoint, s) for s in ("s3", "sns", "sqs"))
+    events = client(moto_endpoint, "events")
+    s3.create_bucket(Bucket=name)
+    # The bucket already sends to EventBridge, for other consumers: left as it is.
+    s3.put_bucket_notification_configuration(
+        Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}}
+    )
+    stack = Stack(
+        moto_endpoint,
+        name,
+        {
+            "BucketName": name,
+            "CreateBucket": "false",
+            "EventSource": "eventbridge",
+            "RestoreArchived": "true",
+        },
+    )
+
+    assert stack.status == "CREATE_COMPLETE"
+    outputs = stack.outputs
+    assert json.loads(outputs["BucketNotificationConfiguration"]) == {
+        "EventBridgeConfiguration": {}
+    }
+    rule_arn = outputs["EventBridgeRuleArn"]
+    rule = events.describe_rule(Name=stack.physical_ids["BucketEventsRule"])
+    assert rule["Arn"] == rule_arn and rule["State"] == "ENABLED"
+    assert json.loads(rule["EventPattern"]) == {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created", "Object Deleted", "Object Restore Completed"],
+        "detail": {"bucket": {"name": [name]}},
+    }
+    targets = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert [target["Arn"] for target in targets] == [outputs["TopicArn"]]
+
+    policy = statements(stack.role_policy("InstanceRole", "s3pull-agent"))
+    assert policy["CheckEventBridgeTargets"]["Resource"] == rule_arn
+    # archived = "restore" may restore what it may read, nothing else.
+    assert policy["RestoreArchivedObjects"]["Action"] == "s3:RestoreObject"
+    assert policy["RestoreArchivedObjects"]["Resource"] == policy["ReadObjects"]["Resource"]
+    check_least_privilege(stack, policy)
+    assert apply_what_moto_skips(stack) == ["TopicPolicy"]
+    # Only this stack's rule may publish; S3 itself no longer needs to.
+    topic_policy = statements(
+        json.loads(sns.get_topic_attributes(TopicArn=outputs["TopicArn"])["Attributes"]["Policy"])
+    )
+    assert set(topic_policy) == {"EventBridgePublishesBucketEvents"}
+    statement = topic_policy["EventBridgePublishesBucketEvents"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": rule_arn}}
+
+    # moto's rules deliver to SQS, not to SNS targets: publish what the rule would (AWS's
+    # shape) and see it reach a server's queue as it is, raw.
+    queue_url = queue_subscribed(moto_endpoint, outputs["TopicArn"], f"s3pull-i-{name[-12:]}")
+    body = (Path(__file__).parent / "events" / "aws-eventbridge-object-created.json").read_text()
+    sns.publish(TopicArn=outputs["TopicArn"], Message=body)
+    received = wait_until(
+        lambda: sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1).get("Messages"),
+        timeout=5,
+        what="the event in the queue",
+    )
+    assert json.loads(received[0]["Body"]) == json.loads(body)

@@ -130,6 +130,40 @@ def test_a_record_from_another_event_source_is_refused_the_rest_applied() -> Non
     assert refusal.key == forged.key and refusal.where == "source"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "aws-eventbridge-object-created.json",
+        "aws-eventbridge-object-deleted.json",
+        "aws-eventbridge-object-restore-completed.json",
+    ],
+)
+def test_eventbridge_events_are_judged_like_notifications(name: str) -> None:
+    event = _parsed(name)
+    assert TRUST.judge(event) == Verdict(event, ())
+    # SNS-wrapped (the rule targets the topic, no raw delivery): by its topic too.
+    assert TRUST.judge(dataclasses.replace(event, topic_arn=TOPIC)).refusals == ()
+    (whole,) = TRUST.judge(dataclasses.replace(event, topic_arn=OTHER_TOPIC)).refusals
+    assert whole.change is None
+    change = event.changes[0]
+    # "aws:s3" is a notification's source, never an EventBridge event's.
+    for source in ("aws:s3", "acme.forged"):
+        forged = Notification(changes=(dataclasses.replace(change, event_source=source),))
+        (refusal,) = TRUST.judge(forged).refusals
+        assert f"source {source!r} is not aws.s3" in str(refusal)
+    elsewhere = Notification(changes=(dataclasses.replace(change, bucket="not-ours"),))
+    (refusal,) = TRUST.judge(elsewhere).refusals
+    assert "'not-ours'" in str(refusal)
+
+
+def test_a_notification_claiming_the_eventbridge_source_is_refused() -> None:
+    put = _parsed("aws-object-created-put.json").changes[0]
+    (refusal,) = TRUST.judge(
+        Notification(changes=(dataclasses.replace(put, event_source="aws.s3"),))
+    ).refusals
+    assert "eventSource 'aws.s3' is not aws:s3" in str(refusal)
+
+
 def test_a_record_for_a_bucket_nothing_is_configured_for_is_refused() -> None:
     put = _parsed("aws-object-created-put.json").changes[0]
     elsewhere = dataclasses.replace(put, bucket="not-ours")

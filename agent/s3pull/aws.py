@@ -38,7 +38,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-Service = Literal["s3", "sqs", "sns", "ec2"]
+Service = Literal["s3", "sqs", "sns", "ec2", "events"]
 
 
 def error_code(exc: ClientError) -> str:
@@ -101,6 +101,7 @@ class Clients:
     sqs: Any = None
     sns: Any = None
     ec2: Any = None
+    events: Any = None
 
 
 def _client_config(config: Config, read_timeout: int, attempts: int = 5) -> AioConfig:

@@ -1,6 +1,11 @@
 """``s3pull check``: walk bucket notification -> topic -> topic policy -> subscription ->
 queue policy -> queue, and name the first broken link in plain words. Changes nothing
-(``--probe`` publishes one synthetic test event and deletes it when it arrives)."""
+(``--probe`` publishes one synthetic test event and deletes it when it arrives).
+
+A bucket that sends its events to EventBridge instead (``EventBridgeConfiguration``, the
+infra template's ``EventSource=eventbridge``) is walked as bucket -> EventBridge rule
+(source aws.s3, this bucket, the detail-types) -> its target, the topic (then as above) or
+the queue itself, whose policy must let that rule send."""
 
 from __future__ import annotations
 
@@ -22,6 +27,11 @@ __all__ = ["walk_chain"]
 
 PROBE_WAIT_SECONDS: Final = 20.0
 REQUIRED_EVENTS: Final = ("s3:ObjectCreated:", "s3:ObjectRemoved:")
+# A mirror with archived = "restore" fetches an object when its restore completes.
+RESTORE_COMPLETED: Final = "s3:ObjectRestore:Completed"
+# "Using EventBridge": the detail-types a rule must let through (and, for restores, one more).
+REQUIRED_DETAIL_TYPES: Final = ("Object Created", "Object Deleted")
+RESTORE_DETAIL_TYPE: Final = "Object Restore Completed"
 
 
 class Broken(Exception):
@@ -35,6 +45,7 @@ class Route:
     bucket: str
     queue_url: str
     what: str  # "mirrors" or "trigger orders"
+    restore: bool = False  # a mirror of it has archived = "restore": restores must arrive
 
 
 def _say(text: str) -> None:
@@ -42,8 +53,30 @@ def _say(text: str) -> None:
 
 
 def _covers(events: list[str], wanted: str) -> bool:
-    """Does a notification's event list include every event of the family ``wanted``?"""
-    return any(event == wanted + "*" or event == "s3:*" for event in events)
+    """Does a notification's event list include every event of the family ``wanted``
+    (ending in ':'), or the one event ``wanted``?"""
+    family = wanted if wanted.endswith(":") else wanted.rsplit(":", 1)[0] + ":"
+    return any(event in (wanted, family + "*", "s3:*") for event in events)
+
+
+def _pattern_lets_through(pattern: dict[str, Any], bucket: str, detail_type: str) -> bool:
+    """Does an EventBridge rule's event pattern match S3's events of ``detail_type`` for
+    ``bucket``? Only plain value lists are read (an absent field matches anything); a
+    content filter (prefix, anything-but...) is taken as not matching, so check says so
+    rather than guessing."""
+
+    def allows(values: Any, value: str) -> bool:
+        return values is None or (isinstance(values, list) and value in values)
+
+    detail = pattern.get("detail", {})
+    bucket_filter = detail.get("bucket", {}) if isinstance(detail, dict) else {}
+    names = bucket_filter.get("name") if isinstance(bucket_filter, dict) else None
+    return (
+        isinstance(pattern.get("source"), list)
+        and "aws.s3" in pattern["source"]
+        and allows(pattern.get("detail-type"), detail_type)
+        and allows(names, bucket)
+    )
 
 
 def _statements(policy_text: str | None) -> list[dict[str, Any]]:
@@ -144,7 +177,7 @@ class ChainWalk:
             q for q in notification.get("QueueConfigurations", ()) if q["QueueArn"] == queue_arn
         ]
         if direct:
-            self._events(route.bucket, "the queue", direct[0]["Events"])
+            self._events(route, "the queue", direct[0]["Events"])
             if not _allows(
                 queue_policy, "s3.amazonaws.com", "sqs:SendMessage", f"arn:aws:s3:::{route.bucket}"
             ):
@@ -158,8 +191,14 @@ class ChainWalk:
             if wanted is None or t["TopicArn"] == wanted
         ]
         if not topics:
+            if "EventBridgeConfiguration" in notification:
+                await self._eventbridge(route, queue_arn, queue_policy)
+                return
             target = f"topic {wanted}" if wanted else "an SNS topic or to this queue"
-            raise Broken(f"bucket {route.bucket} ({route.what}) sends no notifications to {target}")
+            raise Broken(
+                f"bucket {route.bucket} ({route.what}) sends no notifications to {target},"
+                " and none to EventBridge"
+            )
         # A fixed queue may hang off any of the bucket's topics: the one subscribed to it.
         failures: list[Broken] = []
         for topic in topics:
@@ -170,13 +209,20 @@ class ChainWalk:
                 failures.append(broken)
         raise failures[0]
 
-    def _events(self, bucket: str, target: str, events: list[str]) -> None:
+    def _events(self, route: Route, target: str, events: list[str]) -> None:
+        bucket = route.bucket
         for family in REQUIRED_EVENTS:
             if not _covers(events, family):
                 raise Broken(
                     f"bucket {bucket}'s notification to {target} does not include"
                     f" {family}* (it has {', '.join(events)})"
                 )
+        if route.restore and not _covers(events, RESTORE_COMPLETED):
+            raise Broken(
+                f"bucket {bucket}'s notification to {target} does not include"
+                f' {RESTORE_COMPLETED}, but a mirror of it has archived = "restore":'
+                " restored objects would never be fetched (add it to the notification)"
+            )
         note = (
             ""
             if _covers(events, "s3:LifecycleExpiration:")
@@ -188,15 +234,8 @@ class ChainWalk:
         self, route: Route, topic: dict[str, Any], queue_arn: str, queue_policy: str | None
     ) -> None:
         topic_arn = str(topic["TopicArn"])
-        self._events(route.bucket, f"topic {topic_arn}", list(topic["Events"]))
-        sns = self.clients.sns
-        try:
-            attributes = (await sns.get_topic_attributes(TopicArn=topic_arn))["Attributes"]
-        except ClientError as exc:
-            if error_code(exc) in ("NotFound", "NotFoundException"):
-                raise Broken(f"topic {topic_arn} does not exist") from None
-            raise
-        _say(f"topic {topic_arn} exists")
+        self._events(route, f"topic {topic_arn}", list(topic["Events"]))
+        attributes = await self._topic_attributes(topic_arn)
         if not _allows(
             attributes.get("Policy"),
             "s3.amazonaws.com",
@@ -208,6 +247,22 @@ class ChainWalk:
                 f" {route.bucket}) publish to it"
             )
         _say(f"topic policy lets bucket {route.bucket} publish")
+        await self._subscribed(topic_arn, queue_arn, queue_policy)
+
+    async def _topic_attributes(self, topic_arn: str) -> dict[str, Any]:
+        sns = self.clients.sns
+        try:
+            attributes = (await sns.get_topic_attributes(TopicArn=topic_arn))["Attributes"]
+        except ClientError as exc:
+            if error_code(exc) in ("NotFound", "NotFoundException"):
+                raise Broken(f"topic {topic_arn} does not exist") from None
+            raise
+        _say(f"topic {topic_arn} exists")
+        return dict(attributes)
+
+    async def _subscribed(self, topic_arn: str, queue_arn: str, queue_policy: str | None) -> None:
+        """The topic -> queue half of the chain: subscription, queue policy."""
+        sns = self.clients.sns
         subscription = await self._subscription(topic_arn, queue_arn)
         raw = (await sns.get_subscription_attributes(SubscriptionArn=subscription))[
             "Attributes"
@@ -222,6 +277,77 @@ class ChainWalk:
             )
         _say(f"queue policy lets topic {topic_arn} send")
         self.topics.append(topic_arn)
+
+    async def _eventbridge(self, route: Route, queue_arn: str, queue_policy: str | None) -> None:
+        """Bucket -> EventBridge -> a rule for this bucket -> the topic, or the queue."""
+        bucket = route.bucket
+        _say(f"bucket {bucket} sends its events to EventBridge")
+        wanted = [*REQUIRED_DETAIL_TYPES, *((RESTORE_DETAIL_TYPE,) if route.restore else ())]
+        topic = self.config.queue.topic_arn
+        rules = await self._s3_rules(bucket)
+        if not rules:
+            raise Broken(
+                f"bucket {bucket} ({route.what}) sends to EventBridge, but no rule on the"
+                f" default event bus matches its events (source aws.s3, bucket {bucket})"
+            )
+        problems: list[str] = []
+        for rule_arn, name, pattern in rules:
+            missing = [t for t in wanted if not _pattern_lets_through(pattern, bucket, t)]
+            if missing:
+                problems.append(f"rule {name} does not let through {', '.join(missing)}")
+                continue
+            targets = await self._rule_targets(name)
+            if queue_arn in targets:
+                _say(f"EventBridge rule {name} sends {', '.join(wanted)} to the queue")
+                if not _allows(queue_policy, "events.amazonaws.com", "sqs:SendMessage", rule_arn):
+                    raise Broken(
+                        f"the policy of queue {queue_arn} does not let EventBridge rule"
+                        f" {rule_arn} send to it (events.amazonaws.com, aws:SourceArn)"
+                    )
+                _say(f"queue policy lets rule {name} send")
+                return
+            for target in targets:
+                if not target.startswith("arn:aws:sns:") or (topic and target != topic):
+                    continue
+                _say(f"EventBridge rule {name} sends {', '.join(wanted)} to topic {target}")
+                policy = (await self._topic_attributes(target)).get("Policy")
+                if not _allows(policy, "events.amazonaws.com", "sns:Publish", rule_arn):
+                    raise Broken(
+                        f"the policy of topic {target} does not let EventBridge rule"
+                        f" {rule_arn} publish to it (events.amazonaws.com, aws:SourceArn)"
+                    )
+                _say(f"topic policy lets rule {name} publish")
+                await self._subscribed(target, queue_arn, queue_policy)
+                return
+            where = f"topic {topic}" if topic else "this queue or an SNS topic"
+            problems.append(f"rule {name} does not target {where}")
+        raise Broken(f"bucket {bucket} sends to EventBridge, but {'; '.join(problems)}")
+
+    async def _s3_rules(self, bucket: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(ARN, name, pattern) of the default bus's rules that take S3 events of ``bucket``
+        (enabled, source aws.s3, the bucket or any)."""
+        found: list[tuple[str, str, dict[str, Any]]] = []
+        request: dict[str, Any] = {}
+        while True:
+            page = await self.clients.events.list_rules(**request)
+            for rule in page.get("Rules", ()):
+                try:
+                    pattern = json.loads(rule.get("EventPattern") or "{}")
+                except ValueError:
+                    continue
+                if (
+                    rule.get("State") == "ENABLED"
+                    and isinstance(pattern, dict)
+                    and _pattern_lets_through(pattern, bucket, "Object Created")
+                ):
+                    found.append((str(rule["Arn"]), str(rule["Name"]), pattern))
+            if not page.get("NextToken"):
+                return found
+            request["NextToken"] = page["NextToken"]
+
+    async def _rule_targets(self, name: str) -> list[str]:
+        response = await self.clients.events.list_targets_by_rule(Rule=name)
+        return [str(target["Arn"]) for target in response.get("Targets", ())]
 
     async def _subscription(self, topic_arn: str, queue_arn: str) -> str:
         paginator = self.clients.sns.get_paginator("list_subscriptions_by_topic")
@@ -274,8 +400,10 @@ class ChainWalk:
 def _routes(config: Config, own_queue_url: str) -> list[Route]:
     routes: dict[tuple[str, str], Route] = {}
     for mirror in config.mirrors:
+        restore = any(m.archived == "restore" for m in config.mirrors if m.bucket == mirror.bucket)
         routes.setdefault(
-            (mirror.bucket, own_queue_url), Route(mirror.bucket, own_queue_url, "mirrors")
+            (mirror.bucket, own_queue_url),
+            Route(mirror.bucket, own_queue_url, "mirrors", restore),
         )
     for trigger in config.triggers:
         url = trigger.queue_url or own_queue_url
@@ -288,7 +416,7 @@ def _routes(config: Config, own_queue_url: str) -> list[Route]:
 async def walk_chain(config: Config, identity: Identity | None, probe: bool) -> int:
     region = identity.region if identity else None
     print("chain:")
-    async with open_clients(config, "s3", "sqs", "sns", region=region) as clients:
+    async with open_clients(config, "s3", "sqs", "sns", "events", region=region) as clients:
         walk = ChainWalk(clients, config)
         try:
             own_url = await _own_queue_url(clients, config, identity)

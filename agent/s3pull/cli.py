@@ -458,6 +458,8 @@ async def _sync(
                         print(f"{mirror.name}: {verb} {key}")
                     for refusal in plan.refused:
                         print(f"{mirror.name}: refuse {refusal.key!r}: {refusal.reason}")
+                    for obj in plan.archived:
+                        print(f"{mirror.name}: skip {obj.key} (archived: {obj.storage_class})")
                     print(
                         f"{mirror.name}: {len(plan.downloads)} to download"
                         f" ({plan.download_bytes} bytes), {len(plan.deletions)} to delete,"
@@ -472,6 +474,7 @@ async def _sync(
                             if plan.left_alone
                             else ""
                         )
+                        + (f", {len(plan.archived)} archived" if plan.archived else "")
                     )
                     if plan.held_back:
                         print(

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
 from s3pull.errors import ConfigError
@@ -27,6 +27,7 @@ from s3pull.guard import DeleteLimit
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AgentConfig",
+    "Archived",
     "AwsConfig",
     "Config",
     "MetricsConfig",
@@ -44,6 +45,10 @@ DEFAULT_CONFIG_PATH = Path("/etc/s3pull/s3pull.toml")
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
     """The config file to use without `--config`: `$S3PULL_CONFIG`, then the default."""
     return Path(environ.get("S3PULL_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+# `[[mirror]] archived`: what to do with an object S3 has archived and not restored.
+Archived = Literal["skip", "restore"]
 
 
 # The records. TOML keys are exactly their field names, so a field's default is the
@@ -118,6 +123,10 @@ class MirrorConfig(_Folder):
     exclude: tuple[str, ...] = ()
     max_delete: DeleteLimit | None = None  # None: only an empty listing is held back
     reconcile_interval: float = 6 * 3600.0  # seconds between full reconciles; 0: never
+    # A GLACIER / DEEP_ARCHIVE object not restored cannot be read (InvalidObjectState):
+    # "skip" logs and counts it, "restore" asks S3 to restore it and fetches it on
+    # ObjectRestore:Completed. Either way the message is acknowledged, never dead-lettered.
+    archived: Archived = "skip"
 
     def selects(self, key: str) -> bool:
         """Whether the mirror keeps `key` (a key this mirror covers) by its filters."""
@@ -323,6 +332,7 @@ def _mirror(t: _Table) -> MirrorConfig:
         exclude=_patterns(t, "exclude", ()),
         max_delete=_max_delete(t, "max_delete"),
         reconcile_interval=_duration(t, "reconcile_interval"),
+        archived=_archived(t, "archived"),
     )
 
 
@@ -374,6 +384,14 @@ def _duration(t: _Table, name: str) -> float:
             name, f'must be a duration like "6h", "30m" or "90s", or "0" for never, got {value!r}'
         )
     return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _archived(t: _Table, name: str) -> Archived:
+    value = _str(t, name)
+    for choice in get_args(Archived):
+        if value == choice:
+            return cast(Archived, choice)
+    raise t.invalid(name, f'must be "skip" or "restore", got {value!r}')
 
 
 def _trigger(t: _Table) -> TriggerConfig:

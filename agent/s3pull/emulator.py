@@ -33,7 +33,13 @@ DUMMY_CREDENTIALS = {
     "AWS_REGION": "us-east-1",
 }
 
-NOTIFIED_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:LifecycleExpiration:*"]
+# As infra/s3pull.yaml sets them up (moto never sends ObjectRestore:Completed itself).
+NOTIFIED_EVENTS = [
+    "s3:ObjectCreated:*",
+    "s3:ObjectRemoved:*",
+    "s3:LifecycleExpiration:*",
+    "s3:ObjectRestore:Completed",
+]
 
 
 @contextmanager

@@ -3,8 +3,11 @@
 Pure: no I/O, no logging. Three explicit steps, in the order the layers were put on:
 
 1. unwrap the SNS envelope when there is one (raw message delivery sends the S3 JSON itself);
-2. read the S3 document: an ``s3:TestEvent`` or a list of ``Records``;
-3. turn each record into a frozen :class:`ObjectChange`, decoding the key exactly once.
+2. read the S3 document: an ``s3:TestEvent``, a list of ``Records``, or one EventBridge event
+   (``detail-type``, ``source``, ``detail``: what an EventBridge rule delivers, straight to
+   the queue or through the SNS topic);
+3. turn each record into a frozen :class:`ObjectChange`, decoding the key exactly once
+   (an EventBridge ``detail.object.key`` is not URL-encoded: it is taken as it is).
 
 Every field passed on is checked for the shape S3 gives it (event time, bucket, ETag,
 version id, sequencer, event name and source): they reach log lines, the ledger and a
@@ -15,7 +18,9 @@ and judged by ``sources.Trust``, which knows the configuration.
 
 Every shape and field used here is documented in the Amazon S3 User Guide, "Event message
 structure" (notification-content-structure.html) and "Supported event types"
-(notification-how-to-event-types-and-destinations.html).
+(notification-how-to-event-types-and-destinations.html); the EventBridge shapes in
+"EventBridge event message structure" (ev-events.html) and "Using EventBridge"
+(EventBridge.html).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from urllib.parse import unquote_plus
 from s3pull.errors import UnparseableBody
 
 __all__ = [
+    "EVENTBRIDGE_SOURCE",
     "ChangeKind",
     "Notification",
     "ObjectChange",
@@ -37,7 +43,12 @@ __all__ = [
     "sequencer_newer",
 ]
 
-ChangeKind = Literal["created", "removed"]
+# "restored": an archived object's temporary copy is readable now (ObjectRestore:Completed,
+# EventBridge "Object Restore Completed"); fetched like a created object, never a new version.
+ChangeKind = Literal["created", "removed", "restored"]
+
+# "EventBridge event message structure": source is "aws.s3" (notifications say "aws:s3").
+EVENTBRIDGE_SOURCE = "aws.s3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +65,9 @@ class ObjectChange:
     version_id: str | None = None
     sequencer: str | None = None
     event_source: str = "aws:s3"  # the record's eventSource, judged by sources.Trust
+    # How S3 sent it: a bucket notification, or an EventBridge event (its "source" is then
+    # in event_source, and must be "aws.s3").
+    delivery: Literal["notification", "eventbridge"] = "notification"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +96,9 @@ _KIND_BY_FAMILY: dict[str, ChangeKind] = {
     "ObjectRemoved": "removed",
     "LifecycleExpiration": "removed",
 }
+# Only the completed restore makes an archived object readable; ObjectRestore:Post (asked)
+# and ObjectRestore:Delete (the temporary copy expired) change nothing we could fetch.
+_KIND_BY_NAME: dict[str, ChangeKind] = {"ObjectRestore:Completed": "restored"}
 
 _TEST_EVENT = "s3:TestEvent"
 
@@ -125,6 +142,8 @@ def parse_body(body: str) -> Notification:
     the evidence stays.
     """
     topic_arn, document = _unwrap_envelope(_load_object(body, "body"))
+    if "detail-type" in document:
+        return _eventbridge(document, topic_arn)
     if document.get("Event") == _TEST_EVENT:
         # Sent once when a notification configuration is saved; it names no object.
         return Notification(changes=(), test_event=True, topic_arn=topic_arn)
@@ -227,7 +246,7 @@ def _to_change(record: object, where: str) -> tuple[str, ObjectChange | None]:
     if sequencer is not None and not _HEX.fullmatch(sequencer):
         raise UnparseableBody(f"{where_object}.sequencer: {_show(sequencer)} is not hexadecimal")
 
-    kind = _KIND_BY_FAMILY.get(event_name.partition(":")[0])
+    kind = _KIND_BY_NAME.get(event_name) or _KIND_BY_FAMILY.get(event_name.partition(":")[0])
     if kind is None:
         return event_name, None
     change = ObjectChange(
@@ -243,6 +262,111 @@ def _to_change(record: object, where: str) -> tuple[str, ObjectChange | None]:
         event_source=event_source,
     )
     return event_name, change
+
+
+# The EventBridge path: one event per body, no Records.
+
+# "Using EventBridge": the detail-types that change what a mirror holds, and the S3
+# notification event name each one is (by its "reason" and "deletion-type"), so log lines,
+# `dlq list` and the counters read the same whichever way S3 sent the event.
+_EB_CREATED: dict[str, str] = {
+    "PutObject": "ObjectCreated:Put",
+    "POST Object": "ObjectCreated:Post",
+    "CopyObject": "ObjectCreated:Copy",
+    "CompleteMultipartUpload": "ObjectCreated:CompleteMultipartUpload",
+}
+_EB_DELETED_FAMILY: dict[str, str] = {
+    "DeleteObject": "ObjectRemoved",
+    "Lifecycle Expiration": "LifecycleExpiration",
+}
+_EB_DELETION_TYPE: dict[str, str] = {
+    "Permanently Deleted": "Delete",
+    "Delete Marker Created": "DeleteMarkerCreated",
+}
+
+
+def _eventbridge(event: dict[str, object], topic_arn: str | None) -> Notification:
+    """One EventBridge event -> at most one change.
+
+    Every detail-type is validated alike; only "Object Created", "Object Deleted" and
+    "Object Restore Completed" become changes, the others (tags, ACLs, storage class,
+    restore initiated or expired...) are reported as ignored. The key is not URL-encoded.
+    """
+    where = "event"
+    detail_type = _required_str(event, "detail-type", where)
+    if len(detail_type) > 128 or not detail_type.isprintable():
+        raise UnparseableBody(f"{where}.detail-type: {_show(detail_type)} is not what S3 sends")
+    source = _shaped(_required_str(event, "source", where), _EVENT_SOURCE, f"{where}.source")
+    event_time = _event_time(_required_str(event, "time", where), f"{where}.time")
+    detail = _required_object(event, "detail", where)
+    bucket = _required_object(detail, "bucket", f"{where}.detail")
+    bucket_name = _shaped(
+        _required_str(bucket, "name", f"{where}.detail.bucket"),
+        _BUCKET,
+        f"{where}.detail.bucket.name",
+    )
+    # "resources" holds the bucket's ARN: one that names another bucket is a forgery or a
+    # broken body, not an event for either.
+    resources = event.get("resources", [])
+    if not isinstance(resources, list):
+        raise UnparseableBody(f"{where}.resources: expected an array, got {_type_name(resources)}")
+    arns = [r for r in resources if isinstance(r, str) and r.startswith("arn:aws")]
+    if arns and not any(r.endswith(f":s3:::{bucket_name}") for r in arns):
+        raise UnparseableBody(
+            f"{where}.resources: names no bucket {bucket_name!r} (detail.bucket.name)"
+        )
+    where_object = f"{where}.detail.object"
+    obj = _required_object(detail, "object", f"{where}.detail")
+    key = _raw_key(_required_str(obj, "key", where_object), f"{where_object}.key")
+    size = _optional_int(obj, "size", where_object)
+    etag = _strip_quotes(_optional_str(obj, "etag", where_object))
+    if etag is not None:
+        _shaped(etag, _ETAG, f"{where_object}.etag")
+    version_id = _optional_str(obj, "version-id", where_object)
+    if version_id is not None:
+        _shaped(version_id, _VERSION_ID, f"{where_object}.version-id")
+    sequencer = _optional_str(obj, "sequencer", where_object)
+    if sequencer is not None and not _HEX.fullmatch(sequencer):
+        raise UnparseableBody(f"{where_object}.sequencer: {_show(sequencer)} is not hexadecimal")
+
+    kind: ChangeKind
+    if detail_type == "Object Created":
+        kind = "created"
+        reason = _optional_str(detail, "reason", f"{where}.detail") or ""
+        event_name = _EB_CREATED.get(reason, "ObjectCreated:*")
+    elif detail_type == "Object Deleted":
+        kind = "removed"
+        reason = _optional_str(detail, "reason", f"{where}.detail") or ""
+        deletion = _optional_str(detail, "deletion-type", f"{where}.detail") or ""
+        family = _EB_DELETED_FAMILY.get(reason, "ObjectRemoved")
+        event_name = f"{family}:{_EB_DELETION_TYPE.get(deletion, 'Delete')}"
+    elif detail_type == "Object Restore Completed":
+        kind, event_name = "restored", "ObjectRestore:Completed"
+    else:
+        return Notification(changes=(), ignored=(detail_type,), topic_arn=topic_arn)
+    change = ObjectChange(
+        kind=kind,
+        event_name=event_name,
+        bucket=bucket_name,
+        key=key,
+        event_time=event_time,
+        size=size,
+        etag=etag,
+        version_id=version_id,
+        sequencer=sequencer,
+        event_source=source,
+        delivery="eventbridge",
+    )
+    return Notification(changes=(change,), topic_arn=topic_arn)
+
+
+def _raw_key(key: str, where: str) -> str:
+    """An EventBridge key as sent: not URL-encoded, so never decoded ("a+b" is a plus)."""
+    try:
+        key.encode("utf-8")  # a lone surrogate (JSON \ud800) is no S3 key
+    except UnicodeEncodeError as exc:
+        raise UnparseableBody(f"{where}: not UTF-8 ({exc.reason})") from None
+    return key
 
 
 def _shaped(value: str, shape: re.Pattern[str], where: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
-from s3pull.aws import is_gone
+from s3pull.aws import error_code, is_gone
 from s3pull.config import MirrorConfig
 from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
@@ -35,6 +35,7 @@ from s3pull.repeats import Repeats
 from s3pull.walk import walk_files
 
 __all__ = [
+    "ARCHIVED_STORAGE_CLASSES",
     "Applied",
     "CollisionPending",
     "Mirror",
@@ -54,7 +55,23 @@ Outcome = Literal[
     "stale",  # an older event than one already applied: skipped
     "placeholder",  # a "folder/" key: nothing to write
     "refused",  # an unsafe key (or a real file/directory collision): never written
+    "archived",  # archived in S3, not restored, and archived = "skip": left alone
+    "restoring",  # archived in S3: restore asked (archived = "restore"), fetched once done
 ]
+
+# "Working with archived objects" (S3 User Guide): objects in these classes cannot be read
+# until restored; GetObject answers 403 InvalidObjectState. (GLACIER_IR is readable.
+# INTELLIGENT_TIERING's opt-in archive tiers answer InvalidObjectState too, which is what
+# ``_fetch_once`` acts on, so "skip" covers them; but a restore there takes no Days, so
+# "restore" fails on them and the change is retried: not handled yet.)
+ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+# archived = "restore": how long the restored copy stays readable, and how fast it comes.
+# The agent fetches it as soon as ObjectRestore:Completed arrives; 7 days outlasts a
+# per-server queue's 4-day retention, so a server that was down still finds it readable.
+# Standard: 3-5 hours from GLACIER, within 12 from DEEP_ARCHIVE (Expedited does not
+# serve DEEP_ARCHIVE; Bulk is cheaper but takes up to 48 hours).
+RESTORE_DAYS = 7
+RESTORE_TIER = "Standard"
 
 
 class CollisionPending(S3PullError):
@@ -117,6 +134,9 @@ class Mirror:
         self.repeats = repeats or Repeats()
         self.directory_recreated = False
         self._left_alone_said: int | None = None  # how many excluded files we last told of
+        # Archived keys already logged: once per key, however often events or reconciles
+        # meet them (they are still counted every time).
+        self._archived_logged: set[str] = set()
 
     @property
     def s3(self) -> Any:
@@ -174,6 +194,10 @@ class Mirror:
 
     def report_applied(self, key: str, applied: Applied, how: str, started: float) -> None:
         """One log line per applied change, and the observer's counters."""
+        if applied.outcome in ("archived", "restoring"):
+            self._report_archived(key, applied, how)
+            return
+        self._archived_logged.discard(key)
         log.info(
             "%s: %s %s (%s, %d bytes, %.0f ms)",
             self.name,
@@ -217,6 +241,50 @@ class Mirror:
             )
         if self._observer is not None:
             self._observer.held_back(self.name, deletions, reason)
+
+    def _report_archived(self, key: str, applied: Applied, how: str) -> None:
+        if key not in self._archived_logged:
+            self._archived_logged.add(key)
+            what = (
+                'skipped (archived = "skip"; restore it in S3 to mirror it)'
+                if applied.outcome == "archived"
+                else f"restore requested ({RESTORE_TIER}, {RESTORE_DAYS} days): fetched when"
+                " ObjectRestore:Completed arrives"
+            )
+            log.warning(
+                "%s: %s %s (%s): archived in S3 (GLACIER or DEEP_ARCHIVE, not restored), %s",
+                self.name,
+                applied.outcome,
+                key,
+                how,
+                what,
+                extra=journal_fields(mirror=self.name, key=key, outcome=applied.outcome),
+            )
+        if self._observer is not None:
+            self._observer.applied(self.name, key, applied)
+
+    async def archived(self, key: str) -> Outcome:
+        """``key`` cannot be read until restored: skip it, or ask S3 to restore it.
+
+        Never raises for the archive itself, so the message is acknowledged: retrying
+        could not read it sooner, and a dead letter would say something is broken.
+        """
+        if self.config.archived == "skip":
+            return "archived"
+        try:
+            await self._s3.restore_object(
+                Bucket=self.config.bucket,
+                Key=key,
+                RestoreRequest={
+                    "Days": RESTORE_DAYS,
+                    "GlacierJobParameters": {"Tier": RESTORE_TIER},
+                },
+            )
+        except ClientError as exc:
+            # Another server of the fleet (or an earlier event) asked first: same result.
+            if error_code(exc) != "RestoreAlreadyInProgress":
+                raise
+        return "restoring"
 
     def report_refused(self, refusal: UnsafeKey) -> None:
         """One log line per refused key, and the observer's counters."""
@@ -320,15 +388,21 @@ class Mirror:
     ) -> Applied:
         st = local_stat(self.config.directory, parts, key)
         current = entry.etag if entry is not None and file_matches(entry, st) else None
-        result = await download(
-            self._s3,
-            self.config.bucket,
-            key,
-            self.config.directory,
-            parts,
-            if_none_match=current,
-            if_match=if_match,
-        )
+        try:
+            result = await download(
+                self._s3,
+                self.config.bucket,
+                key,
+                self.config.directory,
+                parts,
+                if_none_match=current,
+                if_match=if_match,
+            )
+        except ClientError as exc:
+            if error_code(exc) != "InvalidObjectState":
+                raise
+            # A local copy, if any, is left as it is: S3 still holds the object.
+            return Applied(await self.archived(key))
         if result == GONE:
             return Applied(self._gone(key, parts, None))
         if result == NOT_MODIFIED:

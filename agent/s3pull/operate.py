@@ -136,6 +136,13 @@ def _print_status(
             f"  {mirror:<13} last: {last['outcome']} {last['key']} ({last['bytes']} bytes)"
             f" {_ago(last['at'])}"
         )
+    for mirror, archived in snapshot.get("archived", {}).items():
+        # Not a problem: the configuration says what to do with them (archived = ...).
+        print(
+            f"  archived      {mirror}: {archived['skipped']} skipped,"
+            f" {archived['restoring']} restoring (GLACIER/DEEP_ARCHIVE, not restored),"
+            f" e.g. '{archived['examples'][0]}'"
+        )
     for run in snapshot.get("trigger_runs", [])[-5:]:
         print(
             f"  trigger       {run['trigger']} {run['batch']} {run['result']}"

@@ -23,7 +23,7 @@ from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.download import mtime_ns
 from s3pull.errors import UnsafeKey
 from s3pull.guard import held_back_reason
-from s3pull.mirror import Applied, Mirror, file_matches
+from s3pull.mirror import ARCHIVED_STORAGE_CLASSES, Applied, Mirror, file_matches
 from s3pull.paths import is_folder_placeholder, local_stat, shown_name
 from s3pull.walk import walk_files
 
@@ -53,6 +53,7 @@ class RemoteObject:
     mtime_ns: int
     # Download only this version (ETag), or fail: a trigger manifest's promise.
     if_match: str | None = None
+    storage_class: str | None = None  # as the listing says (None: STANDARD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,8 @@ class ReconcilePlan:
     deletions: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     refused: list[UnsafeKey] = field(default_factory=list)
     adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
+    # Archived and archived = "skip": never fetched (a GET would fail), never deleted.
+    archived: list[RemoteObject] = field(default_factory=list)
     up_to_date: int = 0
     under: str = ""  # the prefix the listing covered
     excluded: int = 0  # listed objects the mirror's include/exclude filters leave out
@@ -102,7 +105,13 @@ async def list_remote(mirror: Mirror, under: str | None = None) -> list[RemoteOb
         for item in page.get("Contents", ()):
             etag = str(item.get("ETag", "")).strip('"') or None
             objects.append(
-                RemoteObject(item["Key"], etag, int(item["Size"]), mtime_ns(item["LastModified"]))
+                RemoteObject(
+                    item["Key"],
+                    etag,
+                    int(item["Size"]),
+                    mtime_ns(item["LastModified"]),
+                    storage_class=item.get("StorageClass"),
+                )
             )
     return objects
 
@@ -146,6 +155,10 @@ async def plan(
             # the size and whole-second mtime our downloads give: adopt, not download.
             planned.adopted.append(obj)
             planned.up_to_date += 1
+        elif obj.storage_class in ARCHIVED_STORAGE_CLASSES and mirror.config.archived == "skip":
+            # The listing tells, so no GET that must fail. (With "restore" it is fetched:
+            # a restored copy downloads, an unrestored one has its restore requested.)
+            planned.archived.append(obj)
         else:
             planned.downloads.append((obj, parts))
     if mirror.config.delete:
@@ -220,7 +233,9 @@ async def execute(
                 )
                 failures.append(exc)
             else:
-                downloaded += 1
+                # An archived object (archived = "restore") had its restore asked: not
+                # downloaded yet.
+                downloaded += applied.outcome not in ("archived", "restoring")
                 mirror.report_applied(obj.key, applied, "reconcile", started)
             if on_progress is not None:
                 on_progress(obj.size)
@@ -231,6 +246,8 @@ async def execute(
     mirror.ledger.reset_sequencers(mirror.name, plan.under)
     for refusal in plan.refused:
         mirror.report_refused(refusal)
+    for obj in plan.archived:
+        mirror.report_applied(obj.key, Applied("archived"), "reconcile", time.monotonic())
     if mirror.config.delete and plan.under == mirror.config.prefix:  # a mirror's own plan
         mirror.report_left_alone(plan.left_alone)
         mirror.report_held_back(len(plan.deletions) if plan.held_back else 0, plan.held_back)

@@ -9,6 +9,13 @@ accept_topics`` or, when that is unset, the topics the queue's own policy lets s
 A raw-delivery body has no envelope and so names no topic: only its records' source and
 bucket can be checked. Who may send to the queue at all is the queue policy's business.
 
+An EventBridge event (S3 -> EventBridge rule -> the topic, or -> the queue) is judged the
+same way: SNS-wrapped, by its topic; its ``source`` must be ``aws.s3`` and its bucket one we
+are configured for (the parser already refused one whose ``resources`` name another
+bucket). The body never names the rule that sent it, so a rule sending straight to a queue
+is verified where it can be: the queue policy lets only ``events.amazonaws.com`` send, on
+the condition ``aws:SourceArn`` = that rule's ARN (infra/README.md; ``check`` reads it).
+
 :class:`Trust` and :func:`policy_topics` are pure; :func:`load_trust` reads the queue
 policies (one GetQueueAttributes per queue) and is what the daemon calls at start.
 """
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from s3pull.config import Config
-from s3pull.events import Notification, ObjectChange
+from s3pull.events import EVENTBRIDGE_SOURCE, Notification, ObjectChange
 
 __all__ = ["S3_EVENT_SOURCE", "Refusal", "Trust", "Verdict", "load_trust", "policy_topics"]
 
@@ -100,7 +107,10 @@ class Trust:
         accepted: list[ObjectChange] = []
         refusals: list[Refusal] = []
         for change in notification.changes:
-            if change.event_source != S3_EVENT_SOURCE:
+            if change.delivery == "eventbridge" and change.event_source != EVENTBRIDGE_SOURCE:
+                reason = f"source {_shown(change.event_source)} is not {EVENTBRIDGE_SOURCE}"
+                refusals.append(Refusal(reason, change))
+            elif change.delivery == "notification" and change.event_source != S3_EVENT_SOURCE:
                 reason = f"eventSource {_shown(change.event_source)} is not {S3_EVENT_SOURCE}"
                 refusals.append(Refusal(reason, change))
             elif change.bucket not in self.buckets:

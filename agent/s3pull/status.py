@@ -75,6 +75,9 @@ class Stats:
     held_back: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Mirror -> {"last_at", "next_at", "interval"}: its full reconciles, done and due.
     reconciles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Mirror -> archived key -> "archived" (skipped) or "restoring": keys S3 holds but
+    # cannot serve yet; a key leaves once it is fetched (or deleted).
+    archived: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def failure(self, where: str, key: str, message: str) -> None:
         """``key`` (a mirror's key, a trigger's batch) failed and will be retried."""
@@ -131,6 +134,13 @@ class Stats:
         self.last_change_at = _now()
         history = self.last_changes.setdefault(mirror, deque(maxlen=HISTORY))
         history.append({"key": key, "outcome": outcome, "bytes": size, "at": self.last_change_at})
+        if outcome in ("archived", "restoring"):
+            self.archived.setdefault(mirror, {})[key] = outcome
+        elif mirror in self.archived:
+            archived = self.archived[mirror]
+            archived.pop(key, "")
+            if not archived:
+                del self.archived[mirror]
 
     def refusal(self, where: str, key: str, reason: str) -> None:
         self.refused += 1
@@ -231,6 +241,14 @@ class Stats:
             "reconcile_failures": dict(self.reconcile_failures),
             "held_back": dict(self.held_back),
             "reconciles": {mirror: dict(entry) for mirror, entry in self.reconciles.items()},
+            "archived": {
+                mirror: {
+                    "skipped": sum(1 for o in keys.values() if o == "archived"),
+                    "restoring": sum(1 for o in keys.values() if o == "restoring"),
+                    "examples": sorted(keys)[:EXAMPLES],
+                }
+                for mirror, keys in sorted(self.archived.items())
+            },
         }
 
 
