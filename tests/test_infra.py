@@ -411,9 +411,19 @@ def check_least_privilege(stack: Stack, policy: dict[str, dict[str, Any]]) -> No
         action = statement["Action"]
         return {action} if isinstance(action, str) else set(action)
 
+    s3_writes = {
+        "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObjectAcl",
+        "s3:PutBucketPolicy", "s3:PutBucketNotification",
+    }  # fmt: skip
+    results = stack.parameters.get("TriggerResults", "")
     for sid, statement in policy.items():
         granted = actions(statement)
         assert not any("*" in action for action in granted), f"{sid}: wildcard action"
+        # The one S3 write a server has: PutObject under the results prefix, nothing else.
+        if granted & s3_writes:
+            assert sid == "WriteTriggerResults" and granted == {"s3:PutObject"}, sid
+            assert statement["Resource"] == f"arn:aws:s3:::{results}*", sid
+            assert results.endswith("/"), "a results prefix is a folder"
         assert not granted & {"sns:Unsubscribe", "sns:SetSubscriptionAttributes"}, (
             f"{sid}: IAM cannot narrow {sorted(granted)} to one subscription"
         )
@@ -498,6 +508,7 @@ def test_new_bucket_and_shared_trigger_queue(moto_endpoint: str, name: str) -> N
             "ReadPrefixes": "assets/,incoming/",
             "CreateSharedTriggerQueue": "true",
             "TriggerMaxReceiveCount": "3",
+            "TriggerResults": f"{name}/results/",
         },
     )
 
@@ -535,6 +546,7 @@ def test_new_bucket_and_shared_trigger_queue(moto_endpoint: str, name: str) -> N
     role_tags = iam.list_role_tags(RoleName=outputs["InstanceRoleName"])["Tags"]
     assert {"Key": "s3pull-bucket", "Value": name} in role_tags
     assert policy["ConsumeSharedTriggerQueue"]["Resource"] == outputs["SharedTriggerQueueArn"]
+    assert policy["WriteTriggerResults"]["Resource"] == f"arn:aws:s3:::{name}/results/*"
     check_least_privilege(stack, policy)
 
     assert apply_what_moto_skips(stack) == [
@@ -597,6 +609,7 @@ def test_existing_bucket(moto_endpoint: str, name: str) -> None:
     assert "ConsumeSharedTriggerQueue" not in policy
     assert "RestoreArchivedObjects" not in policy  # RestoreArchived=false
     assert "CheckEventBridgeTargets" not in policy  # EventSource=notification
+    assert "WriteTriggerResults" not in policy  # no results configured: no write at all
     check_least_privilege(stack, policy)
 
     assert apply_what_moto_skips(stack) == ["TopicPolicy"]
