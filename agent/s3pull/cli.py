@@ -358,7 +358,9 @@ def run(config: Config) -> int:
     # First of all: a second agent on this state directory would share its ledger and
     # overwrite its status. Released at the end, or by the kernel if we crash.
     with claim_state_directory(config.agent.state_directory, "run"):
-        identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
+        # The instance id names a per-server queue and each trigger result.
+        wanted = config.queue.topic_arn or any(t.results for t in config.triggers)
+        identity = asyncio.run(identify(config)) if wanted else None
         return asyncio.run(Daemon(config, identity).run())
 
 

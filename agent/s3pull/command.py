@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -45,13 +45,22 @@ def clean_environment(variables: Mapping[str, str]) -> dict[str, str]:
     return {**inherited, **variables}
 
 
+OnLine = Callable[[str, str], None]  # (stream, line): "stdout" or "stderr", no newline
+
+
 async def run_command(
-    argv: Sequence[str], cwd: Path, env: Mapping[str, str], seconds: float, tag: str
+    argv: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    seconds: float,
+    tag: str,
+    on_line: OnLine | None = None,
 ) -> int:
     """Run ``argv`` (no shell) in ``cwd``; return its exit status.
 
     Raises TimeoutError once the process group is stopped after ``seconds``. Its
-    output is logged line by line under ``tag``.
+    output is logged line by line under ``tag``, and handed to ``on_line`` too (a
+    trigger's result keeps it).
     """
     # No shell: argv exactly as configured. A session of its own makes the command the
     # leader of a process group, so a timeout can stop everything it started.
@@ -67,8 +76,8 @@ async def run_command(
     group = ProcessGroup(process.pid)
     assert process.stdout is not None and process.stderr is not None
     relays = [
-        asyncio.create_task(_relay(process.stdout, f"{tag} [stdout]")),
-        asyncio.create_task(_relay(process.stderr, f"{tag} [stderr]")),
+        asyncio.create_task(_relay(process.stdout, tag, "stdout", on_line)),
+        asyncio.create_task(_relay(process.stderr, tag, "stderr", on_line)),
     ]
     try:
         code = await asyncio.wait_for(process.wait(), seconds)
@@ -101,9 +110,16 @@ async def run_command(
             relay.cancel()
 
 
-async def _relay(stream: asyncio.StreamReader, tag: str) -> None:
+async def _relay(stream: asyncio.StreamReader, tag: str, name: str, on_line: OnLine | None) -> None:
     """Log a command's output line by line. Read in chunks rather than readline(): a line
     over the reader's limit would stop the relay, fill the pipe and hang the command."""
+
+    def emit(raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip()
+        log.info("%s [%s] %s", tag, name, line)
+        if on_line is not None:
+            on_line(name, line)
+
     pending = b""
     while chunk := await stream.read(RELAY_CHUNK):
         pending += chunk
@@ -112,9 +128,9 @@ async def _relay(stream: asyncio.StreamReader, tag: str) -> None:
             lines.append(pending)
             pending = b""
         for line in lines:
-            log.info("%s %s", tag, line.decode("utf-8", errors="replace").rstrip())
+            emit(line)
     if pending:
-        log.info("%s %s", tag, pending.decode("utf-8", errors="replace").rstrip())
+        emit(pending)
 
 
 class ProcessGroup:

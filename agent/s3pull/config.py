@@ -148,6 +148,15 @@ class TriggerConfig(_Folder):
     queue_url: str = ""  # "": batches arrive on the server's own queue
     max_parallel: int = 1  # batches of this trigger running at once
     environment: tuple[tuple[str, str], ...] = ()  # added to the command's clean environment
+    results: str = ""  # "s3://bucket/prefix/": each run's outcome and output; "": none
+
+    @property
+    def results_location(self) -> tuple[str, str] | None:
+        """(bucket, folder) of ``results``, or None when results are not written."""
+        if not self.results:
+            return None
+        bucket, _, prefix = self.results.removeprefix("s3://").partition("/")
+        return bucket, prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +418,41 @@ def _trigger(t: _Table) -> TriggerConfig:
         queue_url=_str(t, "queue_url", _optional_url_problem),
         max_parallel=_int(t, "max_parallel", 1, 1000),
         environment=_environment(t, "environment"),
+        results=_results(t, "results"),
     )
+
+
+def _results(t: _Table, name: str) -> str:
+    """``s3://bucket/prefix/``, the prefix a folder like any other ("results" means
+    "results/"), and never among the trigger's own batches: a result written into a
+    batch would be listed, downloaded and handed to the next run as one of its files."""
+    value = _str(t, name, _results_problem, default="")
+    if not value:
+        return ""
+    bucket, _, prefix = value.removeprefix("s3://").partition("/")
+    folder = prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
+    own_bucket, own_prefix = t.data.get("bucket"), _prefix(t, "prefix")
+    if bucket == own_bucket and folder.startswith(own_prefix):
+        raise t.invalid(
+            name,
+            f"must not lie inside the trigger's own folder s3://{bucket}/{own_prefix}"
+            f" (results would be listed as batch files), got {value!r}",
+        )
+    return f"s3://{bucket}/{folder}"
+
+
+def _results_problem(value: str) -> str | None:
+    if value == "":
+        return None
+    shape = f"must be an S3 location like 's3://bucket/results/', got {value!r}"
+    if not value.startswith("s3://"):
+        return shape
+    bucket, _, prefix = value.removeprefix("s3://").partition("/")
+    if _bucket_problem(bucket) is not None:
+        return f"{shape} (the bucket name {bucket!r} is not valid)"
+    if (problem := _prefix_problem(prefix)) is not None:
+        return f"{shape}: its prefix {problem}"
+    return None
 
 
 def _metrics(t: _Table) -> MetricsConfig:

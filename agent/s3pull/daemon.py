@@ -12,10 +12,11 @@ import asyncio
 import functools
 import logging
 import signal
-from typing import Final
+import socket
+from typing import Any, Final
 
 from s3pull.aws import Clients, Service, open_clients
-from s3pull.config import Config
+from s3pull.config import Config, TriggerConfig
 from s3pull.dispatch import Consumer, Dispatcher
 from s3pull.identity import Identity
 from s3pull.inbox import Inbox
@@ -27,6 +28,7 @@ from s3pull.notify import Notifier
 from s3pull.provision import OwnQueue
 from s3pull.reconcile import bootstrap
 from s3pull.repeats import DAEMON_INTERVAL, Repeats
+from s3pull.results import Results
 from s3pull.sources import Trust, load_trust
 from s3pull.status import Stats, write_snapshot
 from s3pull.stopping import StopSignal, attempt
@@ -164,13 +166,30 @@ class Daemon:
         self._next_config = self._next_config or self.config
         self.stop.reload()
 
+    def _results(self, trigger: TriggerConfig, s3: Any) -> Results | None:
+        location = trigger.results_location
+        if location is None:
+            return None
+        bucket, folder = location
+        # `run` resolves the instance id when results are configured; the host name is
+        # for a Daemon built without one (tests, a non-EC2 host with a fixed queue URL).
+        instance = self.identity.instance_id or socket.gethostname()
+        return Results(s3, bucket, folder, instance, self.recorder)
+
     async def _serve(self, clients: Clients, ledger: Ledger, own: OwnQueue) -> None:
         mirrors = [
             Mirror(m, clients.s3, ledger, self.recorder, self.repeats) for m in self.config.mirrors
         ]
         self.stats.forget_mirrors_except({m.name for m in mirrors})
         triggers = [
-            Trigger(t, clients.s3, ledger, self.config.agent.concurrency, self.recorder)
+            Trigger(
+                t,
+                clients.s3,
+                ledger,
+                self.config.agent.concurrency,
+                self.recorder,
+                self._results(t, clients.s3),
+            )
             for t in self.config.triggers
         ]
         if self.config.metrics is not None and not self._metrics_served:

@@ -191,7 +191,10 @@ class Dispatcher:
         try:
             async with inbox.kept_invisible(message):
                 results = await asyncio.gather(
-                    *(self.apply(consumer, change) for change in notification.changes),
+                    *(
+                        self.apply(consumer, change, message.receive_count)
+                        for change in notification.changes
+                    ),
                     return_exceptions=True,
                 )
         except asyncio.CancelledError:
@@ -205,10 +208,11 @@ class Dispatcher:
             self._recorder.lag(max(0.0, time.time() - message.sent_timestamp_ms / 1000))
         return "acknowledged"
 
-    async def apply(self, consumer: Consumer, change: ObjectChange) -> None:
+    async def apply(self, consumer: Consumer, change: ObjectChange, attempt: int = 1) -> None:
         """Apply one change to every mirror covering it and run the trigger it completes.
 
         Raises when any of them failed, so the message comes back; refusals do not.
+        ``attempt`` is the message's receive count (a trigger's result reports it).
         """
         folders = [m for m in consumer.mirrors if m.config.covers(change.bucket, change.key)]
         mirrors = [m for m in folders if m.config.selects(change.key)]
@@ -225,7 +229,7 @@ class Dispatcher:
         for mirror in mirrors:
             await self._apply_to_mirror(mirror, change)
         for trigger in markers:
-            await self._run_trigger(trigger, change)
+            await self._run_trigger(trigger, change, attempt)
         if not folders and not markers:
             covered = any(t.config.covers(change.bucket, change.key) for t in consumer.triggers)
             # A batch's own files are fetched when its marker comes: nothing to say then.
@@ -258,7 +262,7 @@ class Dispatcher:
                 )
                 raise
 
-    async def _run_trigger(self, trigger: Trigger, change: ObjectChange) -> None:
+    async def _run_trigger(self, trigger: Trigger, change: ObjectChange, attempt: int) -> None:
         batch = trigger.batch_prefix(change.key)
         tags = journal_fields(trigger=trigger.name, batch=batch, key=change.key)
         # One run per batch at a time; the batch's downloads have their own worker pool,
@@ -266,7 +270,7 @@ class Dispatcher:
         async with self._key_locks.hold((f"trigger:{trigger.name}", batch)):
             started = time.monotonic()
             try:
-                outcome = await trigger.run(change)
+                outcome = await trigger.run(change, attempt)
             except UnsafeKey as refusal:
                 self._recorder.refused(f"trigger:{trigger.name}", refusal)
                 self._trigger_done(trigger, batch, "refused", started)

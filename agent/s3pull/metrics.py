@@ -40,7 +40,7 @@ class Metrics:
         )
         self.errors = Counter(
             "s3pull_errors",
-            "Failures, by cause (s3, sqs, disk, parse, trigger, ...).",
+            "Failures, by cause (s3, sqs, disk, parse, trigger, results, ...).",
             ["cause"],
             registry=r,
         )
@@ -130,6 +130,16 @@ class Recorder:
         self.metrics.trigger_runs.labels(trigger, result).inc()
         if result in ("succeeded", "succeeded-empty", "failed"):
             self.metrics.trigger_seconds.labels(trigger).observe(seconds)
+
+    def result_written(self, trigger: str, batch: str, result: str, url: str) -> None:
+        self.stats.trigger_result(trigger, batch, result, url, None)
+
+    def result_failed(self, trigger: str, batch: str, url: str, exc: BaseException) -> None:
+        """Counted as an error (cause "results"), never as a failing batch: the run
+        stands whether or not its result could be written."""
+        error = str(exc) or type(exc).__name__
+        self.error("results", f"trigger:{trigger}: {batch}: result not written to {url}: {error}")
+        self.stats.trigger_result(trigger, batch, None, url, error)
 
     def reconciled(
         self, mirror: str, downloaded: int, deleted: int, failed: int, seconds: float

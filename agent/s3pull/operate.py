@@ -148,6 +148,14 @@ def _print_status(
             f"  trigger       {run['trigger']} {run['batch']} {run['result']}"
             f" {_ago(run['at'])} ({run['seconds']:.1f} s)"
         )
+    for result in snapshot.get("trigger_results", [])[-5:]:
+        if result["written"]:
+            print(f"  result        {result['result']} -> {result['url']} {_ago(result['at'])}")
+        else:
+            print(
+                f"  result        NOT WRITTEN to {result['url']}: {result['error']}"
+                f" ({_ago(result['at'])})"
+            )
     for refusal in snapshot.get("refused", [])[-5:]:
         print(
             f"  refused       {refusal['where']}: '{refusal['key']}': {refusal['reason']}"

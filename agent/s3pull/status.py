@@ -63,6 +63,9 @@ class Stats:
     queue_urls: list[str] = field(default_factory=list)
     last_changes: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     recent_runs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    # Where the last trigger results went (or why they could not be written).
+    recent_results: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    results_unwritten: int = 0
     recent_refusals: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     recent_errors: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     last_reconcile: dict[str, Any] | None = None
@@ -167,6 +170,23 @@ class Stats:
             }
         )
 
+    def trigger_result(
+        self, trigger: str, batch: str, result: str | None, url: str, error: str | None
+    ) -> None:
+        if error is not None:
+            self.results_unwritten += 1
+        self.recent_results.append(
+            {
+                "trigger": trigger,
+                "batch": batch,
+                "result": result,
+                "url": url,
+                "written": error is None,
+                "error": error,
+                "at": _now(),
+            }
+        )
+
     def reconcile(
         self, downloaded: int, deleted: int, failed: int, seconds: float, mirror: str = ""
     ) -> None:
@@ -226,11 +246,13 @@ class Stats:
                 "trigger_runs": self.trigger_runs,
                 "trigger_failures": self.trigger_failures,
                 "empty_batches": self.empty_batches,
+                "results_unwritten": self.results_unwritten,
             },
             "lag_seconds": self.lag_seconds,
             "last_change_at": self.last_change_at,
             "last_changes": {mirror: list(h) for mirror, h in self.last_changes.items()},
             "trigger_runs": list(self.recent_runs),
+            "trigger_results": list(self.recent_results),
             "refused": list(self.recent_refusals),
             "errors": list(self.recent_errors),
             "last_reconcile": self.last_reconcile,

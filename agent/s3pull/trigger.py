@@ -30,6 +30,7 @@ from s3pull.ledger import Ledger, patiently
 from s3pull.mirror import Mirror, Observer
 from s3pull.paths import ensure_directory, safe_parts
 from s3pull.plan import RemoteObject, execute, list_remote, plan
+from s3pull.results import Output, Result, Results, RunResult, utc
 
 __all__ = ["Manifest", "Trigger", "TriggerFailed", "TriggerOutcome", "parse_manifest"]
 
@@ -63,6 +64,20 @@ class _Skip(Exception):
 class _Marker(NamedTuple):
     version: str  # which version of the marker object, as S3 says: the run's identity
     manifest: Manifest | None  # None for an empty marker
+    etag: str  # as S3 answered, for the run's result
+    version_id: str | None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one attempt got to, for its result: filled in as it goes."""
+
+    started: float = dataclasses.field(default_factory=time.time)
+    files: int = 0
+    bytes: int = 0
+    exit_status: int | None = None
+    timed_out: bool = False
+    output: Output = dataclasses.field(default_factory=Output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +114,11 @@ class Trigger:
         ledger: Ledger,
         concurrency: int,
         observer: Observer | None = None,
+        results: Results | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.results = results  # where each run's outcome goes, if anywhere
         self._s3 = s3
         self._ledger = ledger
         self._concurrency = concurrency
@@ -137,12 +154,12 @@ class Trigger:
     def batch_prefix(self, marker_key: str) -> str:
         return marker_key[: len(marker_key) - len(self.config.marker)]
 
-    async def run(self, change: ObjectChange) -> TriggerOutcome:
+    async def run(self, change: ObjectChange, attempt: int = 1) -> TriggerOutcome:
         """Complete and run the batch ``change`` (a marker) stands for.
 
         Raises ``UnsafeKey`` for a marker or batch that must not be run or written
         (refused for good) and ``TriggerFailed`` (or an AWS/OS error) for one that should
-        be tried again.
+        be tried again. ``attempt`` (the message's receive count) goes into the result.
         """
         batch_prefix = self.batch_prefix(change.key)
         batch_parts = self._batch_parts(change.key, batch_prefix)
@@ -150,8 +167,31 @@ class Trigger:
             marker = await self._read_marker(change)
         except _Skip as skip:
             return skip.outcome
+        progress = _Attempt()
+        try:
+            outcome = await self._run_batch(change, batch_prefix, batch_parts, marker, progress)
+        except asyncio.CancelledError:
+            raise  # the agent is stopping: the message comes back, this was no attempt
+        except UnsafeKey:
+            raise  # refused for good: there was no run to report
+        except Exception as exc:
+            await self._report(change, batch_prefix, marker, progress, attempt, exc)
+            raise
+        await self._report(change, batch_prefix, marker, progress, attempt, None)
+        return outcome
+
+    async def _run_batch(
+        self,
+        change: ObjectChange,
+        batch_prefix: str,
+        batch_parts: tuple[str, ...],
+        marker: _Marker,
+        progress: _Attempt,
+    ) -> TriggerOutcome:
         tag = f"{self.name} {batch_prefix}"
         objects = await self._complete_batch(change.key, batch_prefix, marker.manifest, tag)
+        progress.files = len(objects)
+        progress.bytes = sum(obj.size for obj in objects)
         if not objects:
             # Per SPEC the batch is what S3 lists, so the command still runs; but an empty
             # marker uploaded before its files is the likeliest cause: say so.
@@ -172,11 +212,56 @@ class Trigger:
                 missing = len(executed.failures) + executed.refused
                 raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
             batch_dir = ensure_directory(self.config.directory, batch_parts, change.key)
-            await self._run_command(change, batch_prefix, batch_dir, tag)
+            progress.started = time.time()  # the run proper starts with the command
+            await self._run_command(change, batch_prefix, batch_dir, tag, progress)
         # The command ran: wait out another process's lock rather than hand the message
         # back, which would run it again.
         await patiently(self._ledger.record_trigger_run, self.name, marker.version, batch_prefix)
         return "succeeded" if objects else "succeeded-empty"
+
+    async def _report(
+        self,
+        change: ObjectChange,
+        batch_prefix: str,
+        marker: _Marker,
+        progress: _Attempt,
+        attempt: int,
+        failure: BaseException | None,
+    ) -> None:
+        """Write the attempt's result, if results are configured. Never raises: a result
+        that cannot be written is logged and counted (Results.write), and the run stands."""
+        if self.results is None:
+            return
+        ended = time.time()
+        result: Result = (
+            "succeeded" if failure is None else "timed out" if progress.timed_out else "failed"
+        )
+        output = progress.output
+        record = RunResult(
+            trigger=self.name,
+            bucket=change.bucket,
+            batch=batch_prefix,
+            marker_key=change.key,
+            marker_etag=marker.etag,
+            marker_version_id=marker.version_id,
+            instance=self.results.instance,
+            attempt=attempt,
+            started=utc(progress.started),
+            ended=utc(ended),
+            seconds=round(max(0.0, ended - progress.started), 3),
+            result=result,
+            exit_status=progress.exit_status,
+            timed_out=progress.timed_out,
+            error=None if failure is None else (str(failure) or type(failure).__name__),
+            files=progress.files,
+            bytes=progress.bytes,
+            output_tail=list(output.tail),
+            output_bytes=output.total_bytes,
+            log_truncated=output.truncated,
+        )
+        # Shielded: a stop that comes while the result is uploading does not cut it off
+        # (the upload is bounded by the client's own timeouts).
+        await asyncio.shield(self.results.write(record, output))
 
     def _batch_parts(self, marker_key: str, batch_prefix: str) -> tuple[str, ...]:
         """The batch's path below the trigger's directory.
@@ -215,12 +300,13 @@ class Trigger:
             # object runs once: a replayed or forged event cannot run it again.
             if self._ledger.trigger_ran(self.name, version):
                 raise _Skip("already-ran")
+            etag, version_id = current, response.get("VersionId")
             if int(response["ContentLength"]) == 0:
-                return _Marker(version, None)
+                return _Marker(version, None, etag, version_id)
             if int(response["ContentLength"]) > MANIFEST_MAX_BYTES:
                 raise UnsafeKey(change.key, f"manifest larger than {MANIFEST_MAX_BYTES} bytes")
             text = (await body.read()).decode("utf-8", errors="replace")
-        return _Marker(version, parse_manifest(text))
+        return _Marker(version, parse_manifest(text), etag, version_id)
 
     async def _complete_batch(
         self, marker_key: str, batch_prefix: str, manifest: Manifest | None, tag: str
@@ -250,7 +336,12 @@ class Trigger:
             pause = min(pause * 2, MANIFEST_POLL_MAX)
 
     async def _run_command(
-        self, change: ObjectChange, batch_prefix: str, batch_dir: Path, tag: str
+        self,
+        change: ObjectChange,
+        batch_prefix: str,
+        batch_dir: Path,
+        tag: str,
+        progress: _Attempt,
     ) -> None:
         env = clean_environment(
             {
@@ -267,11 +358,18 @@ class Trigger:
         log.info("%s: running %s", tag, self.config.command[0])
         try:
             code = await run_command(
-                self.config.command, batch_dir, env, self.config.timeout_seconds, tag
+                self.config.command,
+                batch_dir,
+                env,
+                self.config.timeout_seconds,
+                tag,
+                progress.output.line,
             )
         except TimeoutError:
+            progress.timed_out = True
             raise TriggerFailed(f"{tag}: timed out after {self.config.timeout_seconds} s") from None
         elapsed = time.monotonic() - started
+        progress.exit_status = code
         if code != 0:
             raise TriggerFailed(f"{tag}: command exited with status {code} after {elapsed:.1f} s")
         log.info("%s: command succeeded in %.1f s", tag, elapsed)
