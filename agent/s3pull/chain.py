@@ -19,7 +19,7 @@ from typing import Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3pull.aws import error_code, open_clients
-from s3pull.config import Config
+from s3pull.config import Config, TriggerConfig
 from s3pull.identity import Identity
 from s3pull.provision import is_missing_queue
 
@@ -397,6 +397,45 @@ class ChainWalk:
         )
 
 
+# A Content-MD5 no body can have with zero bytes (the MD5 of b"x"): S3 authorises a
+# PutObject before it reads the body, so the answer says whether we may write, and the
+# digest mismatch makes sure nothing is written either way.
+_IMPOSSIBLE_MD5: Final = "ndTkYSaMgDT1yFZOFVxnpg=="
+_MAY_WRITE: Final = frozenset({"BadDigest", "InvalidDigest"})
+
+
+async def results_writable(s3: Any, trigger: TriggerConfig) -> None:
+    """Whether this server may write ``trigger``'s results, without writing any: a
+    PutObject of an empty body whose Content-MD5 cannot match it. AccessDenied means the
+    role does not allow it, NoSuchBucket that the bucket is missing; BadDigest means S3
+    checked the rights, then refused the body."""
+    if trigger.results_location is None:
+        return
+    bucket, folder = trigger.results_location
+    key = f"{folder}.s3pull-check-{uuid.uuid4().hex}"
+    try:
+        await s3.put_object(Bucket=bucket, Key=key, Body=b"", ContentMD5=_IMPOSSIBLE_MD5)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in _MAY_WRITE:
+            _say(f"trigger {trigger.name}: results may be written to {trigger.results}")
+            return
+        if code in ("AccessDenied", "403"):
+            raise Broken(
+                f"trigger {trigger.name}: this server may not write results to"
+                f" {trigger.results} (s3:PutObject denied; see the infra parameter"
+                " TriggerResults)"
+            ) from None
+        if code == "NoSuchBucket":
+            raise Broken(
+                f"trigger {trigger.name}: the results bucket {bucket} does not exist"
+            ) from None
+        raise
+    # S3 took the object after all (an emulator that ignores Content-MD5): remove it.
+    await s3.delete_object(Bucket=bucket, Key=key)
+    _say(f"trigger {trigger.name}: results may be written to {trigger.results} (probe removed)")
+
+
 def _routes(config: Config, own_queue_url: str) -> list[Route]:
     routes: dict[tuple[str, str], Route] = {}
     for mirror in config.mirrors:
@@ -423,6 +462,8 @@ async def walk_chain(config: Config, identity: Identity | None, probe: bool) -> 
             for route in _routes(config, own_url):
                 await walk.route(route)
             await walk.redrive(own_url)
+            for trigger in config.triggers:
+                await results_writable(clients.s3, trigger)
             if probe:
                 await walk.probe(own_url)
         except Broken as broken:
