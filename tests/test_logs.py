@@ -35,6 +35,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], io.St
     def setup(journald: bool) -> io.StringIO:
         if journald:
             monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+            # The stream path: no journal socket (tests/test_journal.py covers the socket).
+            monkeypatch.setattr("s3pull.journal.JOURNAL_SOCKET", "/nonexistent/journal/socket")
         else:
             monkeypatch.delenv("JOURNAL_STREAM", raising=False)
         stream = io.StringIO()

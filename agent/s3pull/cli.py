@@ -66,11 +66,14 @@ def setup_logging(
     level = logging.DEBUG if verbose else logging.INFO
     handler: logging.Handler | None = None
     if os.environ.get("JOURNAL_STREAM"):
-        # Under systemd: structured records to journald when systemd-python is there;
-        # journald adds timestamps either way, so the plain format leaves them out.
-        try:
-            handler = structured_journal_handler()
-        except ImportError:
+        # Under systemd: structured records to journald over its native socket (no
+        # compiled binding needed, so the packages have the fields too); journald adds
+        # timestamps either way, so the plain format leaves them out.
+        from s3pull.journal import JOURNAL_SOCKET, JournalHandler
+
+        if os.path.exists(JOURNAL_SOCKET):
+            handler = JournalHandler("s3pull", JOURNAL_SOCKET, stream)
+        else:
             handler = logging.StreamHandler(stream)
         handler.setFormatter(EscapingFormatter("%(levelname)s %(message)s"))
     else:
@@ -90,30 +93,6 @@ def setup_logging(
     # botocore and aiobotocore are chatty at INFO about credentials and retries.
     for noisy in ("botocore", "aiobotocore", "urllib3", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def structured_journal_handler() -> logging.Handler:
-    """A journald handler that also sends our ``S3PULL_*`` record fields (mirror, key,
-    trigger, batch), so ``journalctl S3PULL_MIRROR=assets`` filters. The stock
-    JournalHandler forwards only MESSAGE_ID from ``extra``. Raises ImportError without
-    systemd-python."""
-    from systemd import journal
-
-    class StructuredJournalHandler(journal.JournalHandler):  # type: ignore[misc]
-        def emit(self, record: logging.LogRecord) -> None:
-            fields = {k: str(v) for k, v in vars(record).items() if k.startswith("S3PULL_")}
-            try:
-                journal.send(
-                    self.format(record),
-                    PRIORITY=str(self.mapPriority(record.levelno)),
-                    LOGGER=record.name,
-                    SYSLOG_IDENTIFIER="s3pull",
-                    **fields,
-                )
-            except Exception:
-                self.handleError(record)
-
-    return StructuredJournalHandler(SYSLOG_IDENTIFIER="s3pull")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -285,6 +285,24 @@ boot_test() { # ROOT LABEL
     wait_for 30 "sub/after.txt" test -s "$root/srv/pkgtest/sub/after.txt" || { show_logs; die "$label: no event applied"; }
     ok "synced before.txt at start and sub/after.txt from its S3 event"
 
+    # Structured fields from the packaged agent (its own native-protocol sender: no
+    # compiled binding in the package): the applied change's entry, as journald stored it.
+    output=$(in_container journalctl -u s3pull.service --no-pager -o json S3PULL_KEY=sub/after.txt)
+    python3 -c '
+import json, sys
+entries = [json.loads(line) for line in sys.stdin if line.strip()]
+applied = [e for e in entries if e.get("S3PULL_OUTCOME") == "downloaded"]
+assert applied, "no entry with S3PULL_OUTCOME=downloaded for sub/after.txt: %r" % entries
+entry = applied[0]
+want = {"S3PULL_MIRROR": "pkgtest", "S3PULL_KEY": "sub/after.txt", "SYSLOG_IDENTIFIER": "s3pull",
+        "PRIORITY": "6", "LOGGER": "s3pull.mirror"}
+wrong = {k: entry.get(k) for k, v in want.items() if entry.get(k) != v}
+assert not wrong, "fields differ: %r in %r" % (wrong, entry)
+assert "downloaded sub/after.txt" in entry["MESSAGE"], entry["MESSAGE"]
+print("  " + " ".join("%s=%s" % (k, entry[k]) for k in sorted(entry) if k.startswith("S3PULL_")))
+' <<<"$output" || { show_logs; die "$label: no structured journald fields for the applied change"; }
+    ok "journalctl -o json: S3PULL_MIRROR, S3PULL_KEY, S3PULL_OUTCOME on the applied change"
+
     # Reload with a changed configuration (more concurrency): the agent takes it in
     # place, whether its file watcher or the SIGHUP gets there first, and the unit stays
     # active with the same main process throughout.
