@@ -249,3 +249,31 @@ def test_check_knows_whether_results_may_be_written(
     result = run_s3pull("check", "--config", str(config))
     assert result.returncode == 1
     assert f"the results bucket {missing} does not exist" in result.stdout
+
+
+def test_an_attempt_that_fails_before_the_command_is_reported_too(
+    s3: Any,
+    pipeline: Pipeline,
+    results_bucket: str,
+    tmp_path: Path,
+    start_agent: Callable[..., Agent],
+) -> None:
+    # A manifest naming a file that never comes: the attempt fails without running the
+    # command, and will be retried; the result says so.
+    config, output = results_config(
+        tmp_path, pipeline, f"s3://{results_bucket}/", manifest_timeout_seconds=0
+    )
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/b6/a.csv", Body=b"a\n")
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/b6/_READY", Body=b"a.csv\nmissing.csv\n")
+
+    key = f"incoming/b6/{INSTANCE}.json"
+    result = wait_until(lambda: read_result(s3, results_bucket, key), what="the result object")
+    assert result["result"] == "failed"
+    assert result["exit_status"] is None
+    assert result["timed_out"] is False
+    assert "the manifest still waits for 1 file(s): missing.csv" in result["error"]
+    assert result["output_tail"] == [] and result["output_bytes"] == 0
+    assert runs(output) == []  # the command never ran
+    assert agent.stop() == 0
