@@ -4,8 +4,9 @@ marker event -> a batch marker? -> read the marker from S3 -> this version alrea
 -> (empty: the batch is what S3 lists now; otherwise a manifest to wait for) -> a free slot
 (``max_parallel``) -> download the batch atomically -> run ``command`` (no shell, a clean
 environment) in the batch directory -> stop what it left in its process group -> record
-the run. Any failure raises, so the message comes back and, after ``max_receive_count``
-receives, is dead-lettered.
+the run. With ``results``, every attempt that read its marker also writes its outcome
+and output to S3 (results.py), success or not. Any failure raises, so the message comes
+back and, after ``max_receive_count`` receives, is dead-lettered.
 """
 
 from __future__ import annotations
