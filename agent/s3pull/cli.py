@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import logging
 import os
@@ -281,7 +282,9 @@ def _verb(argv: Sequence[str] | None) -> int:
 
             return run_demo(keep=args.keep)
         config_path: Path = args.config or default_config_path()
-        config = load_config(config_path)
+        configured = load_config(config_path)
+        # Every verb but the demo talks to AWS: find the region before anything says OK.
+        config = asyncio.run(with_region(configured))
         if args.verb == "check":
             return asyncio.run(check(config, probe=args.probe))
         if args.verb in ("provision", "deprovision"):
@@ -319,7 +322,7 @@ def _verb(argv: Sequence[str] | None) -> int:
                 )
             )
         if args.verb == "run":
-            return run(config)
+            return run(config, configured)
     except ConfigError as exc:
         print(f"s3pull: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -337,12 +340,8 @@ def _verb(argv: Sequence[str] | None) -> int:
             )
         print(f"s3pull: {exc}: {hint}", file=sys.stderr)
         return EXIT_FAILURE
-    except NoRegionError:
-        print(
-            f"s3pull: configuration error: {config_path}: aws.region: not set, and neither"
-            " AWS_REGION nor AWS_DEFAULT_REGION is",
-            file=sys.stderr,
-        )
+    except NoRegionError:  # with_region should have caught it; say the same
+        print(f"s3pull: configuration error: {_no_region(config_path)}", file=sys.stderr)
         return EXIT_CONFIG
     except (BotoCoreError, ClientError, OSError) as exc:
         print(f"s3pull: {exc}", file=sys.stderr)
@@ -352,14 +351,45 @@ def _verb(argv: Sequence[str] | None) -> int:
     raise AssertionError(f"unhandled verb {args.verb}")
 
 
-def run(config: Config) -> int:
+def run(config: Config, configured: Config) -> int:
+    """The daemon on ``config`` (the region resolved); ``configured`` is the file as
+    written, from which instance metadata is asked for what it leaves out."""
     from s3pull.daemon import Daemon
 
     # First of all: a second agent on this state directory would share its ledger and
     # overwrite its status. Released at the end, or by the kernel if we crash.
     with claim_state_directory(config.agent.state_directory, "run"):
-        identity = asyncio.run(identify(config)) if config.queue.topic_arn else None
+        if config.queue.topic_arn:
+            identity = asyncio.run(identify(configured))
+        else:
+            # The region rides on the identity: a reloaded file may leave it out again.
+            identity = Identity(config.agent.instance_id, config.aws.region, from_metadata=False)
         return asyncio.run(Daemon(config, identity).run())
+
+
+def _no_region(path: Path, why: str = "") -> ConfigError:
+    because = f" ({why})" if why else ""
+    return ConfigError(
+        str(path),
+        "aws.region",
+        'not set: add region = "eu-west-1" (your region) under [aws], or set AWS_REGION;'
+        f" instance metadata, the last source, cannot tell{because}",
+    )
+
+
+async def with_region(config: Config) -> Config:
+    """``config`` with its region filled in from the sources after the file (the
+    environment, instance metadata); a configuration error naming ``[aws] region`` when
+    none can tell."""
+    from s3pull.identity import InstanceMetadata, MetadataUnavailable, resolve_region
+
+    if config.aws.region:
+        return config
+    try:
+        region = await resolve_region(config, InstanceMetadata())
+    except MetadataUnavailable as exc:
+        raise _no_region(config.path, str(exc)) from exc
+    return dataclasses.replace(config, aws=dataclasses.replace(config.aws, region=region))
 
 
 async def own_queue_url(config: Config) -> str | None:

@@ -1,0 +1,61 @@
+"""What a new operator reads when something is wrong (issue 16, item 10): each message
+names the setting to change, the file it is in and what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import render_config
+from conftest import run_s3pull as s3pull
+from s3pull.emulator import Pipeline
+from test_provision import FakeMetadata
+
+# AWS_REGION and AWS_DEFAULT_REGION as an operator's shell has them: unset ("" is unset
+# to the SDKs and to s3pull alike).
+NO_REGION_ENV = {"AWS_REGION": "", "AWS_DEFAULT_REGION": ""}
+
+
+def mirror_config(tmp_path: Path, pipeline: Pipeline, **queue: object) -> Path:
+    mirror = {
+        "name": "data",
+        "bucket": pipeline.bucket,
+        "prefix": "data/",
+        "directory": tmp_path / "mirror",
+    }
+    path = tmp_path / "s3pull.toml"
+    path.write_text(render_config(pipeline, tmp_path / "state", [mirror], queue=queue))
+    return path
+
+
+def without_region(path: Path) -> Path:
+    text = path.read_text()
+    path.write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("region =")) + "\n"
+    )
+    return path
+
+
+def test_no_region_is_a_configuration_error_before_anything_says_ok(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    path = without_region(mirror_config(tmp_path, pipeline))
+    for verb in ("check", "run", "sync", "status"):
+        result = s3pull(verb, "--config", str(path), env=NO_REGION_ENV)
+        assert result.returncode == 78, (verb, result.stdout, result.stderr)
+        assert "configuration OK" not in result.stdout
+        assert f"{path}: aws.region: not set" in result.stderr
+        assert "under [aws], or set AWS_REGION" in result.stderr
+        assert "instance metadata, the last source, cannot tell" in result.stderr
+
+
+def test_region_from_instance_metadata_with_a_fixed_queue_url(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    metadata = FakeMetadata("i-0123456789abcdef0")  # its placement/region is us-east-1
+    try:
+        path = without_region(mirror_config(tmp_path, pipeline))
+        result = s3pull("check", "--config", str(path), env={**NO_REGION_ENV, **metadata.env})
+    finally:
+        metadata.server.shutdown()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every link holds" in result.stdout
