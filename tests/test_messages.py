@@ -3,9 +3,12 @@ names the setting to change, the file it is in and what is wrong with it."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from conftest import render_config
+from conftest import Agent, render_config, wait_until
 from conftest import run_s3pull as s3pull
 from s3pull.emulator import Pipeline
 from test_provision import FakeMetadata
@@ -59,3 +62,33 @@ def test_region_from_instance_metadata_with_a_fixed_queue_url(
         metadata.server.shutdown()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every link holds" in result.stdout
+
+
+def test_a_queue_missing_in_the_region_names_both_settings_and_the_daemon_keeps_trying(
+    tmp_path: Path, pipeline: Pipeline, start_agent: Callable[..., Agent]
+) -> None:
+    # The pipeline's queue is in us-east-1; the file says eu-west-1, a typical slip.
+    path = mirror_config(tmp_path, pipeline)
+    path.write_text(path.read_text().replace('region = "us-east-1"', 'region = "eu-west-1"'))
+    advice = (
+        f"queue {pipeline.queue_url} does not exist in region eu-west-1: check [queue] url"
+        f" and [aws] region in {path}"
+    )
+
+    checked = s3pull("check", "--config", str(path))
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"first broken link: {advice}" in checked.stdout
+
+    agent = start_agent(path)
+    # Each retry says it, at a backoff that doubles (up to a minute): not a flood.
+    agent.wait_for_log(f"checking the queue failed, retrying in 2 s: {advice}")
+    assert agent.log.count(advice) >= 2
+
+    def backing_off() -> dict[str, Any] | None:
+        status = json.loads(s3pull("status", "--json", "--config", str(path)).stdout)
+        return status if status["verdict"] == "BACKING OFF" else None
+
+    status = wait_until(backing_off, what="status to say BACKING OFF")
+    assert advice in status["daemon"]["phase"]
+    assert agent.process.poll() is None  # never exits over it
+    assert agent.stop() == 0

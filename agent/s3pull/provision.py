@@ -31,6 +31,7 @@ __all__ = [
     "deprovision",
     "find_orphans",
     "is_missing_queue",
+    "missing_queue_advice",
     "provision",
     "refresh_heartbeat",
 ]
@@ -50,6 +51,16 @@ _MISSING_QUEUE_CODES: Final = ("AWS.SimpleQueueService.NonExistentQueue", "Queue
 
 def is_missing_queue(exc: BaseException) -> bool:
     return isinstance(exc, ClientError) and error_code(exc) in _MISSING_QUEUE_CODES
+
+
+def missing_queue_advice(url: str, region: str | None, setting: str, config_path: object) -> str:
+    """What to tell an operator whose configured queue SQS does not know. A queue lives
+    in one region, so a right URL with a wrong region looks exactly like a wrong URL:
+    name both settings."""
+    return (
+        f"queue {url} does not exist in region {region or '(none)'}: check {setting}"
+        f" and [aws] region in {config_path}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
