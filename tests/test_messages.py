@@ -92,3 +92,28 @@ def test_a_queue_missing_in_the_region_names_both_settings_and_the_daemon_keeps_
     assert advice in status["daemon"]["phase"]
     assert agent.process.poll() is None  # never exits over it
     assert agent.stop() == 0
+
+
+def test_an_unusable_state_directory_names_its_key_file_and_problem(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    state = blocker / "state"
+    mirror = {"name": "data", "bucket": pipeline.bucket, "directory": tmp_path / "mirror"}
+    path = tmp_path / "s3pull.toml"
+    path.write_text(render_config(pipeline, state, [mirror]))
+    wanted = (
+        f"configuration error: {path}: agent.state_directory: {state} cannot be used:"
+        f" {blocker} is not a directory"
+    )
+    for verb in (["run"], ["sync"], ["sync", "--dry-run"], ["status"]):
+        result = s3pull(*verb, "--config", str(path))
+        assert result.returncode == 78, (verb, result.stderr)
+        assert wanted in result.stderr, (verb, result.stderr)
+    checked = s3pull("check", "--config", str(path))
+    assert checked.returncode == 1
+    assert (
+        f"PROBLEM state directory {state} (agent.state_directory): {blocker} is not a directory"
+        in checked.stdout
+    )

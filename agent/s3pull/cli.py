@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import io
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO, cast
@@ -299,7 +300,9 @@ def _verb(argv: Sequence[str] | None) -> int:
 
             url = getattr(args, "queue_url", None) or asyncio.run(own_queue_url(config))
             if args.verb == "status":
-                return asyncio.run(operate.status_command(config, url, as_json=args.json))
+                with naming_state_directory(config):
+                    status = operate.status_command(config, url, as_json=args.json)
+                    return asyncio.run(status)
             if url is None:
                 raise ConfigError(str(config.path), "queue", "this server's queue does not exist")
             if args.dlq_verb == "list":
@@ -358,13 +361,49 @@ def run(config: Config, configured: Config) -> int:
 
     # First of all: a second agent on this state directory would share its ledger and
     # overwrite its status. Released at the end, or by the kernel if we crash.
-    with claim_state_directory(config.agent.state_directory, "run"):
+    with claim(config, "run"):
         if config.queue.topic_arn:
             identity = asyncio.run(identify(configured))
         else:
             # The region rides on the identity: a reloaded file may leave it out again.
             identity = Identity(config.agent.instance_id, config.aws.region, from_metadata=False)
         return asyncio.run(Daemon(config, identity).run())
+
+
+@contextlib.contextmanager
+def naming_state_directory(config: Config) -> Iterator[None]:
+    """The state directory itself unusable (a file in its place, no permission to create
+    or write it): a configuration error naming ``agent.state_directory`` and its file.
+    An errno alone names neither, and nothing can start without the directory."""
+    directory = config.agent.state_directory
+    try:
+        yield
+    except OSError as exc:
+        where = Path(exc.filename) if isinstance(exc.filename, str) else None
+        if where is not None and not (
+            where.is_relative_to(directory) or directory.is_relative_to(where)
+        ):
+            raise  # about something else: not the directory's fault
+        from s3pull.host import writable_problem
+
+        # check's words where they tell more ("/x is not a directory", "not writable by
+        # s3pull"); the errno's otherwise.
+        problem = writable_problem(directory) or exc.strerror or str(exc)
+        shown = f" ({where})" if where is not None and where != directory else ""
+        raise ConfigError(
+            str(config.path),
+            "agent.state_directory",
+            f"{directory} cannot be used: {problem}{shown}",
+        ) from exc
+
+
+@contextlib.contextmanager
+def claim(config: Config, verb: str) -> Iterator[None]:
+    """The state directory, held for this verb (see ``claim_state_directory``)."""
+    with contextlib.ExitStack() as held:
+        with naming_state_directory(config):
+            held.enter_context(claim_state_directory(config.agent.state_directory, verb))
+        yield
 
 
 def _no_region(path: Path, why: str = "") -> ConfigError:
@@ -462,7 +501,7 @@ async def sync(
         return await _sync(config, dry_run, None, allow_mass_delete)
     # A daemon on this state directory owns the mirrors: writing beside it would race
     # its per-key locks and ledger. Refused, naming it.
-    with claim_state_directory(config.agent.state_directory, "sync"):
+    with claim(config, "sync"):
         return await _sync(config, dry_run, progress, allow_mass_delete)
 
 
@@ -474,7 +513,8 @@ async def _sync(
     from s3pull.mirror import Mirror
     from s3pull.reconcile import plan_all, reconcile_all
 
-    ledger = Ledger.open(config.agent.state_directory)
+    with naming_state_directory(config):
+        ledger = Ledger.open(config.agent.state_directory)
     try:
         async with open_clients(config, "s3") as clients:
             mirrors = [Mirror(m, clients.s3, ledger) for m in config.mirrors]
