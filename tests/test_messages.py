@@ -117,3 +117,15 @@ def test_an_unusable_state_directory_names_its_key_file_and_problem(
         f"PROBLEM state directory {state} (agent.state_directory): {blocker} is not a directory"
         in checked.stdout
     )
+
+
+def test_sync_dry_run_prints_sizes_as_the_progress_bar_does(
+    tmp_path: Path, pipeline: Pipeline, s3: Any
+) -> None:
+    s3.put_object(Bucket=pipeline.bucket, Key="data/big.bin", Body=b"x" * (3 * 1024 * 1024 // 2))
+    s3.put_object(Bucket=pipeline.bucket, Key="data/small.txt", Body=b"12345")
+    result = s3pull("sync", "--dry-run", "--config", str(mirror_config(tmp_path, pipeline)))
+    assert result.returncode == 0, result.stderr
+    assert "data: download data/big.bin (1.5 MiB)" in result.stdout
+    assert "data: download data/small.txt (5 B)" in result.stdout
+    assert "data: 2 to download (1.5 MiB), 0 to delete, 0 up to date" in result.stdout

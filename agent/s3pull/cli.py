@@ -511,6 +511,7 @@ async def _sync(
     from s3pull.aws import open_clients
     from s3pull.ledger import Ledger
     from s3pull.mirror import Mirror
+    from s3pull.progress import human_bytes
     from s3pull.reconcile import plan_all, reconcile_all
 
     with naming_state_directory(config):
@@ -522,7 +523,8 @@ async def _sync(
             if dry_run:
                 for mirror, plan in plans:
                     for obj, _parts in plan.downloads:
-                        print(f"{mirror.name}: download {obj.key} ({obj.size} bytes)")
+                        # Sizes as the progress bar shows them: one way to read both.
+                        print(f"{mirror.name}: download {obj.key} ({human_bytes(obj.size)})")
                     verb = "held back: delete" if plan.held_back else "delete"
                     for key, _parts in plan.deletions:
                         print(f"{mirror.name}: {verb} {key}")
@@ -532,7 +534,7 @@ async def _sync(
                         print(f"{mirror.name}: skip {obj.key} (archived: {obj.storage_class})")
                     print(
                         f"{mirror.name}: {len(plan.downloads)} to download"
-                        f" ({plan.download_bytes} bytes), {len(plan.deletions)} to delete,"
+                        f" ({human_bytes(plan.download_bytes)}), {len(plan.deletions)} to delete,"
                         f" {plan.up_to_date} up to date"
                         + (
                             f", {plan.excluded} left out by include/exclude"
