@@ -4,6 +4,7 @@ names the setting to change, the file it is in and what is wrong with it."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from conftest import Agent, render_config, wait_until
 from conftest import run_s3pull as s3pull
 from s3pull.emulator import Pipeline
-from test_provision import FakeMetadata
+from test_provision import FakeMetadata, topic_config
 
 # AWS_REGION and AWS_DEFAULT_REGION as an operator's shell has them: unset ("" is unset
 # to the SDKs and to s3pull alike).
@@ -129,3 +130,26 @@ def test_sync_dry_run_prints_sizes_as_the_progress_bar_does(
     assert "data: download data/big.bin (1.5 MiB)" in result.stdout
     assert "data: download data/small.txt (5 B)" in result.stdout
     assert "data: 2 to download (1.5 MiB), 0 to delete, 0 up to date" in result.stdout
+
+
+def test_a_second_deprovision_says_already_gone_for_each_part(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    instance = f"i-{uuid.uuid4().hex[:17]}"
+    path = topic_config(tmp_path, pipeline, instance_id=instance)
+    assert s3pull("provision", "--config", str(path)).returncode == 0
+
+    first = s3pull("deprovision", "--config", str(path))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        f"subscription of queue s3pull-{instance}: removed",
+        f"queue s3pull-{instance}: removed",
+        f"queue s3pull-{instance}-dlq: removed",
+    ]
+    second = s3pull("deprovision", "--config", str(path))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == [
+        f"subscription of queue s3pull-{instance}: already gone",
+        f"queue s3pull-{instance}: already gone",
+        f"queue s3pull-{instance}-dlq: already gone",
+    ]
