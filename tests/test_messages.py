@@ -4,6 +4,7 @@ names the setting to change, the file it is in and what is wrong with it."""
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import Agent, render_config, wait_until
 from conftest import run_s3pull as s3pull
 from s3pull.emulator import Pipeline
 from test_provision import FakeMetadata, topic_config
+from test_trigger import RECORD_BATCH
 
 # AWS_REGION and AWS_DEFAULT_REGION as an operator's shell has them: unset ("" is unset
 # to the SDKs and to s3pull alike).
@@ -153,3 +155,53 @@ def test_a_second_deprovision_says_already_gone_for_each_part(
         f"queue s3pull-{instance}: already gone",
         f"queue s3pull-{instance}-dlq: already gone",
     ]
+
+
+def test_a_trigger_batch_download_is_labelled_as_such_and_status_keeps_its_columns(
+    tmp_path: Path, pipeline: Pipeline, s3: Any, start_agent: Callable[..., Agent]
+) -> None:
+    output = tmp_path / "runs.jsonl"
+    mirror = {"name": "data", "bucket": pipeline.bucket, "prefix": "data/"}
+    trigger = {
+        "name": "nightly-orders",  # longer than status's first column
+        "bucket": pipeline.bucket,
+        "prefix": "incoming/",
+        "marker": "_READY",
+        "directory": tmp_path / "batches",
+        "command": [sys.executable, str(RECORD_BATCH), str(output)],
+    }
+    path = tmp_path / "s3pull.toml"
+    path.write_text(
+        render_config(
+            pipeline, tmp_path / "state", [{**mirror, "directory": tmp_path / "m"}], [trigger]
+        )
+    )
+    agent = start_agent(path)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="data/report.csv", Body=b"a,b\n")
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/b1/orders.csv", Body=b"id\n1\n")
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/b1/_READY", Body=b"")
+    agent.wait_for_log("nightly-orders: batch incoming/b1/ succeeded")
+
+    assert (
+        "trigger:nightly-orders: downloaded incoming/b1/orders.csv (batch incoming/b1/,"
+        in agent.log
+    )
+    assert "incoming/b1/orders.csv (reconcile" not in agent.log
+
+    def trigger_in_status() -> str | None:
+        result = s3pull("status", "--config", str(path))
+        return result.stdout if "trigger nightly-orders" in result.stdout else None
+
+    shown = wait_until(trigger_in_status, what="status to show the trigger's last change")
+    # Longest first: "trigger nightly-orders" before "trigger".
+    labels = ("trigger nightly-orders", "reconcile", "changes", "problem", "refused")
+    labels += ("trigger", "daemon", "queue", "error", "data", "lag")
+    columns = set()
+    for line in shown.splitlines()[1:]:
+        label = next(name for name in labels if line[2:].startswith(name + " "))
+        rest = line[2 + len(label) :]
+        columns.add(len(line) - len(rest.lstrip(" ")))
+    assert len(columns) == 1, shown
+    assert "  trigger nightly-orders last: downloaded incoming/b1/orders.csv" in shown
+    assert agent.stop() == 0
