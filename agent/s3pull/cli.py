@@ -119,9 +119,14 @@ def structured_journal_handler() -> logging.Handler:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from s3pull.helptext import README, VERBS, description, epilog
+
     parser = argparse.ArgumentParser(
         prog="s3pull",
         description="Keep local directories in step with S3 prefixes, driven by SQS.",
+        epilog="`s3pull COMMAND --help` tells more of each, with its exit codes.\n"
+        f"more: README.md ({README}); man s3pull",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"s3pull {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -134,14 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging; on a terminal, every file"
     )
+
+    def verb(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        words: str = "",
+        options: bool = True,
+    ) -> argparse.ArgumentParser:
+        # Every verb's help from one table (helptext.VERBS): its line, its paragraph,
+        # its exit codes, where to read more.
+        words = words or name
+        return group.add_parser(
+            name,
+            parents=[common] if options and VERBS[words].configured else [],
+            help=VERBS[words].summary,
+            description=description(words),
+            epilog=epilog(words),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
-    run = verbs.add_parser(
-        "run", parents=[common], help="the daemon: apply queued changes until stopped"
-    )
-    sync = verbs.add_parser("sync", parents=[common], help="one full reconcile of every mirror")
+    run = verb(verbs, "run")
+    sync = verb(verbs, "sync")
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    for verb in (run, sync):
-        verb.add_argument(
+    for chatty in (run, sync):
+        chatty.add_argument(
             "-q", "--quiet", action="store_true", help="log errors and the final summary only"
         )
     sync.add_argument(
@@ -149,44 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="confirm deletions that max_delete (or an empty listing) holds back",
     )
-    check = verbs.add_parser(
-        "check",
-        parents=[common],
-        help="validate the configuration, then walk bucket -> topic -> queue",
-    )
+    check = verb(verbs, "check")
     check.add_argument(
         "--probe",
         action="store_true",
         help="also publish a synthetic event to the topic and wait for it",
     )
-    status = verbs.add_parser(
-        "status",
-        parents=[common],
-        help="is it running, is it behind, what failed (exit 0 when in sync)",
-    )
+    status = verb(verbs, "status")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    dlq = verbs.add_parser("dlq", help="inspect and replay dead-lettered messages")
+    # --config after the action (`dlq list --config X`): given to both, the action's
+    # default would override the one given before it.
+    dlq = verb(verbs, "dlq", options=False)
     dlq_verbs = dlq.add_subparsers(dest="dlq_verb", required=True, metavar="ACTION")
-    for action, text in (
-        ("list", "show dead letters without removing them"),
-        ("redrive", "move dead letters back to their queue"),
-    ):
-        sub = dlq_verbs.add_parser(action, parents=[common], help=text)
+    for action in ("list", "redrive"):
+        sub = verb(dlq_verbs, action, f"dlq {action}")
         sub.add_argument("--max", type=int, default=100, help="at most this many (default 100)")
         sub.add_argument("--queue-url", help="the source queue (default: this server's queue)")
         if action == "list":
             sub.add_argument("--json", action="store_true", help="machine-readable output")
-    verbs.add_parser(
-        "provision",
-        parents=[common],
-        help="create this server's queue and subscription; print the queue URL",
-    )
-    verbs.add_parser(
-        "deprovision", parents=[common], help="remove this server's subscription and queues"
-    )
-    gc = verbs.add_parser(
-        "gc", parents=[common], help="remove queues and subscriptions of servers that are gone"
-    )
+    verb(verbs, "provision")
+    verb(verbs, "deprovision")
+    gc = verb(verbs, "gc")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
     gc.add_argument(
         "--stale-after",
@@ -196,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a heartbeat older than this marks a queue as abandoned (default 96,"
         " the queue's message retention)",
     )
-    demo = verbs.add_parser("demo", help="the whole pipeline on an embedded AWS emulator")
+    demo = verb(verbs, "demo")
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument(
         "--serve",
