@@ -205,3 +205,19 @@ def test_a_trigger_batch_download_is_labelled_as_such_and_status_keeps_its_colum
     assert len(columns) == 1, shown
     assert "  trigger nightly-orders last: downloaded incoming/b1/orders.csv" in shown
     assert agent.stop() == 0
+
+
+def test_a_fixed_queue_deleted_while_running_names_both_settings_on_each_retry(
+    tmp_path: Path, pipeline: Pipeline, sqs: Any, start_agent: Callable[..., Agent]
+) -> None:
+    path = mirror_config(tmp_path, pipeline)
+    agent = start_agent(path)
+    agent.wait_ready()
+    sqs.delete_queue(QueueUrl=pipeline.queue_url)
+    agent.wait_for_log(
+        f"SQS receive from {pipeline.queue_url} failed, retrying in 1 s: queue"
+        f" {pipeline.queue_url} does not exist in region us-east-1: check [queue] url and"
+        f" [aws] region in {path}"
+    )
+    assert agent.process.poll() is None
+    assert agent.stop() == 0

@@ -273,12 +273,21 @@ class Daemon:
 
         ours = [t for t in triggers if not t.config.queue_url]
         consumers = [
-            Consumer(inbox(queue_url), mirrors, ours, own=own if own.provisioned else None)
+            Consumer(
+                inbox(queue_url),
+                mirrors,
+                ours,
+                own=own if own.provisioned else None,
+                explain=self._explain_queue(queue.url or "", "[queue] url"),
+            )
         ]
         shared_urls = dict.fromkeys(t.config.queue_url for t in triggers if t.config.queue_url)
         for url in shared_urls:
             shared = [t for t in triggers if t.config.queue_url == url]
-            consumers.append(Consumer(inbox(url), [], shared))
+            setting = f"[[trigger]] queue_url (trigger {', '.join(t.name for t in shared)})"
+            consumers.append(
+                Consumer(inbox(url), [], shared, explain=self._explain_queue(url, setting))
+            )
         return consumers
 
     async def _startup(
@@ -308,11 +317,9 @@ class Daemon:
                 QueueUrl=consumer.inbox.queue_url,
                 AttributeNames=["QueueArn"],
             )
-            names = ", ".join(t.name for t in consumer.triggers)
-            explain = self._explain_queue(
-                consumer.inbox.queue_url, f"[[trigger]] queue_url (trigger {names})"
+            await self.stop.retrying(
+                "checking the shared queue", check, self._set_phase, consumer.explain
             )
-            await self.stop.retrying("checking the shared queue", check, self._set_phase, explain)
         await bootstrap(mirrors, self.config.agent.concurrency, self.stop, self.recorder)
 
     async def _main_loop(self, consumers: list[Consumer], mirrors: list[Mirror]) -> None:
