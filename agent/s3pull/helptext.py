@@ -108,9 +108,10 @@ VERBS: Final[dict[str, VerbHelp]] = {
     "demo": VerbHelp(
         "the whole pipeline on an embedded AWS emulator",
         "Starts a moto server on loopback, a bucket, a topic and a queue, an agent with a\n"
-        "mirror and a trigger, uploads samples and shows each step. Needs the demo extra\n"
-        "(pip install 's3pull[demo]'; `make demo` installs it).",
-        ((0, "every step worked"), (1, "a step failed (named)")),
+        "mirror and a trigger, uploads samples and shows each step. --serve then leaves the\n"
+        "emulator and a working configuration running for your own tries. Needs the demo\n"
+        "extra (pip install 's3pull[demo]'; `make demo` installs it).",
+        ((0, "every step worked"), (1, "a step failed (named), or the demo extra is missing")),
         "Try it: `make demo`",
         configured=False,
     ),
