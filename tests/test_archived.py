@@ -119,7 +119,7 @@ def test_a_reconcile_skips_archived_objects_by_the_listing_and_keeps_local_copie
     plan = s3pull("sync", "--dry-run", "--config", str(config))
     assert plan.returncode == 0, plan.stderr
     assert "data: skip data/cold.bin (archived: GLACIER)" in plan.stdout
-    assert "data: 1 to download (4 bytes), 0 to delete" in plan.stdout
+    assert "data: 1 to download (4 B), 0 to delete" in plan.stdout
 
     result = s3pull("sync", "--config", str(config))
     assert result.returncode == 0, result.stderr

@@ -101,9 +101,9 @@ def test_sync_dry_run_prints_the_plan_and_changes_nothing(
     result = s3pull("sync", "--dry-run", "--config", str(path))
 
     assert result.returncode == 0, result.stderr
-    assert "data: download data/new.txt (5 bytes)" in result.stdout
+    assert "data: download data/new.txt (5 B)" in result.stdout
     assert "data: delete data/extra.txt" in result.stdout
-    assert "data: 1 to download (5 bytes), 1 to delete, 0 up to date" in result.stdout
+    assert "data: 1 to download (5 B), 1 to delete, 0 up to date" in result.stdout
     assert sorted(p.name for p in mirror.iterdir()) == ["extra.txt"]
 
 
@@ -129,7 +129,7 @@ def test_sync_reconciles_and_a_second_sync_has_nothing_to_do(
     (mirror / "dir0" / "f3").write_bytes(b"edited")
     (mirror / "dir1" / "f4").unlink()
     second = s3pull("sync", "--dry-run", "--config", str(path))
-    assert "data: 2 to download (7 bytes), 0 to delete, 23 up to date" in second.stdout
+    assert "data: 2 to download (7 B), 0 to delete, 23 up to date" in second.stdout
     third = s3pull("sync", "--config", str(path))
     assert "2 downloaded, 0 deleted, 23 up to date" in third.stderr
     assert (mirror / "dir0" / "f3").read_bytes() == b"xxx"
@@ -189,5 +189,5 @@ def test_sync_dry_run_on_a_missing_directory_creates_nothing(
     s3.put_object(Bucket=pipeline.bucket, Key="data/a.txt", Body=b"a")
     result = s3pull("sync", "--dry-run", "--config", str(write_config(tmp_path, pipeline)))
     assert result.returncode == 0, result.stderr
-    assert "data: download data/a.txt (1 bytes)" in result.stdout
+    assert "data: download data/a.txt (1 B)" in result.stdout
     assert not (tmp_path / "mirror").exists()

@@ -50,7 +50,7 @@ def test_sync_takes_a_prefix_without_slash_as_its_folder(
 
     plan = run_s3pull("sync", "--dry-run", "--config", str(config))
     assert plan.returncode == 0, plan.stderr
-    assert "assets: download assets/img/b.png (3 bytes)" in plan.stdout
+    assert "assets: download assets/img/b.png (3 B)" in plan.stdout
     assert ", 0 to delete," in plan.stdout
     assert "archive" not in plan.stdout
     assert "refuse" not in plan.stdout
@@ -61,7 +61,7 @@ def test_sync_takes_a_prefix_without_slash_as_its_folder(
 
     # What wiped the operator's mirror: a second sync planned every file for deletion.
     again = run_s3pull("sync", "--dry-run", "--config", str(config))
-    assert "assets: 0 to download (0 bytes), 0 to delete, 2 up to date" in again.stdout
+    assert "assets: 0 to download (0 B), 0 to delete, 2 up to date" in again.stdout
     second = run_s3pull("sync", "--config", str(config))
     assert second.returncode == 0, second.stderr
     assert files_under(directory) == {"a.txt": b"a", "img/b.png": b"png"}

@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3pull.aws import error_code, open_clients
 from s3pull.config import Config, TriggerConfig
 from s3pull.identity import Identity
-from s3pull.provision import is_missing_queue
+from s3pull.provision import is_missing_queue, missing_queue_advice
 
 __all__ = ["walk_chain"]
 
@@ -45,6 +45,7 @@ class Route:
     bucket: str
     queue_url: str
     what: str  # "mirrors" or "trigger orders"
+    setting: str  # where the queue's URL is configured: "[queue] url", ...
     restore: bool = False  # a mirror of it has archived = "restore": restores must arrive
 
 
@@ -117,12 +118,13 @@ def _allows(policy_text: str | None, service: str, action: str, source_arn: str)
 
 
 class ChainWalk:
-    def __init__(self, clients: Any, config: Config) -> None:
+    def __init__(self, clients: Any, config: Config, region: str | None) -> None:
         self.clients = clients
         self.config = config
+        self.region = region
         self.topics: list[str] = []
 
-    async def queue(self, url: str) -> tuple[str, str | None]:
+    async def queue(self, url: str, setting: str) -> tuple[str, str | None]:
         try:
             attributes = (
                 await self.clients.sqs.get_queue_attributes(
@@ -131,7 +133,9 @@ class ChainWalk:
             )["Attributes"]
         except ClientError as exc:
             if is_missing_queue(exc):
-                raise Broken(f"queue {url} does not exist") from None
+                # The words the daemon's retry line uses for the same mistake.
+                advice = missing_queue_advice(url, self.region, setting, self.config.path)
+                raise Broken(advice) from None
             raise
         _say(f"queue {url} exists")
         return str(attributes["QueueArn"]), attributes.get("Policy")
@@ -165,7 +169,7 @@ class ChainWalk:
         _say(f"queue {url} dead-letters after {receives} receive(s), as configured")
 
     async def route(self, route: Route) -> None:
-        queue_arn, queue_policy = await self.queue(route.queue_url)
+        queue_arn, queue_policy = await self.queue(route.queue_url, route.setting)
         s3 = self.clients.s3
         try:
             notification = await s3.get_bucket_notification_configuration(Bucket=route.bucket)
@@ -438,16 +442,18 @@ async def results_writable(s3: Any, trigger: TriggerConfig) -> None:
 
 def _routes(config: Config, own_queue_url: str) -> list[Route]:
     routes: dict[tuple[str, str], Route] = {}
+    own = "[queue] url" if config.queue.url else f"[queue] name ({own_queue_url})"
     for mirror in config.mirrors:
         restore = any(m.archived == "restore" for m in config.mirrors if m.bucket == mirror.bucket)
         routes.setdefault(
             (mirror.bucket, own_queue_url),
-            Route(mirror.bucket, own_queue_url, "mirrors", restore),
+            Route(mirror.bucket, own_queue_url, "mirrors", own, restore),
         )
     for trigger in config.triggers:
         url = trigger.queue_url or own_queue_url
+        setting = f"[[trigger]] queue_url (trigger {trigger.name})" if trigger.queue_url else own
         routes.setdefault(
-            (trigger.bucket, url), Route(trigger.bucket, url, f"trigger {trigger.name}")
+            (trigger.bucket, url), Route(trigger.bucket, url, f"trigger {trigger.name}", setting)
         )
     return list(routes.values())
 
@@ -456,7 +462,7 @@ async def walk_chain(config: Config, identity: Identity | None, probe: bool) -> 
     region = identity.region if identity else None
     print("chain:")
     async with open_clients(config, "s3", "sqs", "sns", "events", region=region) as clients:
-        walk = ChainWalk(clients, config)
+        walk = ChainWalk(clients, config, region or config.aws.region)
         try:
             own_url = await _own_queue_url(clients, config, identity)
             for route in _routes(config, own_url):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import io
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO, cast
@@ -96,9 +98,14 @@ def setup_logging(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from s3pull.helptext import README, VERBS, description, epilog
+
     parser = argparse.ArgumentParser(
         prog="s3pull",
         description="Keep local directories in step with S3 prefixes, driven by SQS.",
+        epilog="`s3pull COMMAND --help` tells more of each, with its exit codes.\n"
+        f"more: README.md ({README}); man s3pull",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"s3pull {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -111,14 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging; on a terminal, every file"
     )
+
+    def verb(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        words: str = "",
+        options: bool = True,
+    ) -> argparse.ArgumentParser:
+        # Every verb's help from one table (helptext.VERBS): its line, its paragraph,
+        # its exit codes, where to read more.
+        words = words or name
+        return group.add_parser(
+            name,
+            parents=[common] if options and VERBS[words].configured else [],
+            help=VERBS[words].summary,
+            description=description(words),
+            epilog=epilog(words),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
-    run = verbs.add_parser(
-        "run", parents=[common], help="the daemon: apply queued changes until stopped"
-    )
-    sync = verbs.add_parser("sync", parents=[common], help="one full reconcile of every mirror")
+    run = verb(verbs, "run")
+    sync = verb(verbs, "sync")
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    for verb in (run, sync):
-        verb.add_argument(
+    for chatty in (run, sync):
+        chatty.add_argument(
             "-q", "--quiet", action="store_true", help="log errors and the final summary only"
         )
     sync.add_argument(
@@ -126,44 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="confirm deletions that max_delete (or an empty listing) holds back",
     )
-    check = verbs.add_parser(
-        "check",
-        parents=[common],
-        help="validate the configuration, then walk bucket -> topic -> queue",
-    )
+    check = verb(verbs, "check")
     check.add_argument(
         "--probe",
         action="store_true",
         help="also publish a synthetic event to the topic and wait for it",
     )
-    status = verbs.add_parser(
-        "status",
-        parents=[common],
-        help="is it running, is it behind, what failed (exit 0 when in sync)",
-    )
+    status = verb(verbs, "status")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    dlq = verbs.add_parser("dlq", help="inspect and replay dead-lettered messages")
+    # --config after the action (`dlq list --config X`): given to both, the action's
+    # default would override the one given before it.
+    dlq = verb(verbs, "dlq", options=False)
     dlq_verbs = dlq.add_subparsers(dest="dlq_verb", required=True, metavar="ACTION")
-    for action, text in (
-        ("list", "show dead letters without removing them"),
-        ("redrive", "move dead letters back to their queue"),
-    ):
-        sub = dlq_verbs.add_parser(action, parents=[common], help=text)
+    for action in ("list", "redrive"):
+        sub = verb(dlq_verbs, action, f"dlq {action}")
         sub.add_argument("--max", type=int, default=100, help="at most this many (default 100)")
         sub.add_argument("--queue-url", help="the source queue (default: this server's queue)")
         if action == "list":
             sub.add_argument("--json", action="store_true", help="machine-readable output")
-    verbs.add_parser(
-        "provision",
-        parents=[common],
-        help="create this server's queue and subscription; print the queue URL",
-    )
-    verbs.add_parser(
-        "deprovision", parents=[common], help="remove this server's subscription and queues"
-    )
-    gc = verbs.add_parser(
-        "gc", parents=[common], help="remove queues and subscriptions of servers that are gone"
-    )
+    verb(verbs, "provision")
+    verb(verbs, "deprovision")
+    gc = verb(verbs, "gc")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
     gc.add_argument(
         "--stale-after",
@@ -173,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a heartbeat older than this marks a queue as abandoned (default 96,"
         " the queue's message retention)",
     )
-    demo = verbs.add_parser("demo", help="the whole pipeline on an embedded AWS emulator")
+    demo = verb(verbs, "demo")
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument(
         "--serve",
@@ -260,7 +267,9 @@ def _verb(argv: Sequence[str] | None) -> int:
 
             return run_demo(keep=args.keep)
         config_path: Path = args.config or default_config_path()
-        config = load_config(config_path)
+        configured = load_config(config_path)
+        # Every verb but the demo talks to AWS: find the region before anything says OK.
+        config = asyncio.run(with_region(configured))
         if args.verb == "check":
             return asyncio.run(check(config, probe=args.probe))
         if args.verb in ("provision", "deprovision"):
@@ -275,7 +284,9 @@ def _verb(argv: Sequence[str] | None) -> int:
 
             url = getattr(args, "queue_url", None) or asyncio.run(own_queue_url(config))
             if args.verb == "status":
-                return asyncio.run(operate.status_command(config, url, as_json=args.json))
+                with naming_state_directory(config):
+                    status = operate.status_command(config, url, as_json=args.json)
+                    return asyncio.run(status)
             if url is None:
                 raise ConfigError(str(config.path), "queue", "this server's queue does not exist")
             if args.dlq_verb == "list":
@@ -298,7 +309,7 @@ def _verb(argv: Sequence[str] | None) -> int:
                 )
             )
         if args.verb == "run":
-            return run(config)
+            return run(config, configured)
     except ConfigError as exc:
         print(f"s3pull: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -316,12 +327,8 @@ def _verb(argv: Sequence[str] | None) -> int:
             )
         print(f"s3pull: {exc}: {hint}", file=sys.stderr)
         return EXIT_FAILURE
-    except NoRegionError:
-        print(
-            f"s3pull: configuration error: {config_path}: aws.region: not set, and neither"
-            " AWS_REGION nor AWS_DEFAULT_REGION is",
-            file=sys.stderr,
-        )
+    except NoRegionError:  # with_region should have caught it; say the same
+        print(f"s3pull: configuration error: {_no_region(config_path)}", file=sys.stderr)
         return EXIT_CONFIG
     except (BotoCoreError, ClientError, OSError) as exc:
         print(f"s3pull: {exc}", file=sys.stderr)
@@ -331,16 +338,82 @@ def _verb(argv: Sequence[str] | None) -> int:
     raise AssertionError(f"unhandled verb {args.verb}")
 
 
-def run(config: Config) -> int:
+def run(config: Config, configured: Config) -> int:
+    """The daemon on ``config`` (the region resolved); ``configured`` is the file as
+    written, from which instance metadata is asked for what it leaves out."""
     from s3pull.daemon import Daemon
 
     # First of all: a second agent on this state directory would share its ledger and
     # overwrite its status. Released at the end, or by the kernel if we crash.
-    with claim_state_directory(config.agent.state_directory, "run"):
+    with claim(config, "run"):
         # The instance id names a per-server queue and each trigger result.
-        wanted = config.queue.topic_arn or any(t.results for t in config.triggers)
-        identity = asyncio.run(identify(config)) if wanted else None
+        if config.queue.topic_arn or any(t.results for t in config.triggers):
+            identity = asyncio.run(identify(configured))
+        else:
+            # The region rides on the identity: a reloaded file may leave it out again.
+            identity = Identity(config.agent.instance_id, config.aws.region, from_metadata=False)
         return asyncio.run(Daemon(config, identity).run())
+
+
+@contextlib.contextmanager
+def naming_state_directory(config: Config) -> Iterator[None]:
+    """The state directory itself unusable (a file in its place, no permission to create
+    or write it): a configuration error naming ``agent.state_directory`` and its file.
+    An errno alone names neither, and nothing can start without the directory."""
+    directory = config.agent.state_directory
+    try:
+        yield
+    except OSError as exc:
+        where = Path(exc.filename) if isinstance(exc.filename, str) else None
+        if where is not None and not (
+            where.is_relative_to(directory) or directory.is_relative_to(where)
+        ):
+            raise  # about something else: not the directory's fault
+        from s3pull.host import writable_problem
+
+        # check's words where they tell more ("/x is not a directory", "not writable by
+        # s3pull"); the errno's otherwise.
+        problem = writable_problem(directory) or exc.strerror or str(exc)
+        shown = f" ({where})" if where is not None and where != directory else ""
+        raise ConfigError(
+            str(config.path),
+            "agent.state_directory",
+            f"{directory} cannot be used: {problem}{shown}",
+        ) from exc
+
+
+@contextlib.contextmanager
+def claim(config: Config, verb: str) -> Iterator[None]:
+    """The state directory, held for this verb (see ``claim_state_directory``)."""
+    with contextlib.ExitStack() as held:
+        with naming_state_directory(config):
+            held.enter_context(claim_state_directory(config.agent.state_directory, verb))
+        yield
+
+
+def _no_region(path: Path, why: str = "") -> ConfigError:
+    because = f" ({why})" if why else ""
+    return ConfigError(
+        str(path),
+        "aws.region",
+        'not set: add region = "eu-west-1" (your region) under [aws], or set AWS_REGION;'
+        f" instance metadata, the last source, cannot tell{because}",
+    )
+
+
+async def with_region(config: Config) -> Config:
+    """``config`` with its region filled in from the sources after the file (the
+    environment, instance metadata); a configuration error naming ``[aws] region`` when
+    none can tell."""
+    from s3pull.identity import InstanceMetadata, MetadataUnavailable, resolve_region
+
+    if config.aws.region:
+        return config
+    try:
+        region = await resolve_region(config, InstanceMetadata())
+    except MetadataUnavailable as exc:
+        raise _no_region(config.path, str(exc)) from exc
+    return dataclasses.replace(config, aws=dataclasses.replace(config.aws, region=region))
 
 
 async def own_queue_url(config: Config) -> str | None:
@@ -413,7 +486,7 @@ async def sync(
         return await _sync(config, dry_run, None, allow_mass_delete)
     # A daemon on this state directory owns the mirrors: writing beside it would race
     # its per-key locks and ledger. Refused, naming it.
-    with claim_state_directory(config.agent.state_directory, "sync"):
+    with claim(config, "sync"):
         return await _sync(config, dry_run, progress, allow_mass_delete)
 
 
@@ -423,9 +496,11 @@ async def _sync(
     from s3pull.aws import open_clients
     from s3pull.ledger import Ledger
     from s3pull.mirror import Mirror
+    from s3pull.progress import human_bytes
     from s3pull.reconcile import plan_all, reconcile_all
 
-    ledger = Ledger.open(config.agent.state_directory)
+    with naming_state_directory(config):
+        ledger = Ledger.open(config.agent.state_directory)
     try:
         async with open_clients(config, "s3") as clients:
             mirrors = [Mirror(m, clients.s3, ledger) for m in config.mirrors]
@@ -433,7 +508,8 @@ async def _sync(
             if dry_run:
                 for mirror, plan in plans:
                     for obj, _parts in plan.downloads:
-                        print(f"{mirror.name}: download {obj.key} ({obj.size} bytes)")
+                        # Sizes as the progress bar shows them: one way to read both.
+                        print(f"{mirror.name}: download {obj.key} ({human_bytes(obj.size)})")
                     verb = "held back: delete" if plan.held_back else "delete"
                     for key, _parts in plan.deletions:
                         print(f"{mirror.name}: {verb} {key}")
@@ -443,7 +519,7 @@ async def _sync(
                         print(f"{mirror.name}: skip {obj.key} (archived: {obj.storage_class})")
                     print(
                         f"{mirror.name}: {len(plan.downloads)} to download"
-                        f" ({plan.download_bytes} bytes), {len(plan.deletions)} to delete,"
+                        f" ({human_bytes(plan.download_bytes)}), {len(plan.deletions)} to delete,"
                         f" {plan.up_to_date} up to date"
                         + (
                             f", {plan.excluded} left out by include/exclude"

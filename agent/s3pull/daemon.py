@@ -13,6 +13,7 @@ import functools
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any, Final
 
 from s3pull.aws import Clients, Service, open_clients
@@ -25,7 +26,7 @@ from s3pull.logfields import SUMMARY
 from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
-from s3pull.provision import OwnQueue
+from s3pull.provision import OwnQueue, is_missing_queue, missing_queue_advice
 from s3pull.reconcile import bootstrap
 from s3pull.repeats import DAEMON_INTERVAL, Repeats
 from s3pull.results import Results
@@ -204,6 +205,7 @@ class Daemon:
             "provisioning the queue" if own.provisioned else "checking the queue",
             functools.partial(self._own_queue_url, clients, own),
             self._set_phase,
+            self._explain_queue(self.config.queue.url or "", "[queue] url"),
         )
         if queue_url is None:  # stopped before it existed
             await _cancel(helpers)
@@ -259,6 +261,19 @@ class Daemon:
         await clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
         return url
 
+    def _explain_queue(self, url: str, setting: str) -> Callable[[BaseException], str]:
+        """Words for a failure to reach the configured queue at ``url``: a queue SQS does
+        not know is a setting to fix (the URL or the region), named with its file; the
+        daemon keeps retrying all the same (SPEC: it never exits on an AWS error)."""
+        region = self.identity.region or self.config.aws.region
+
+        def explain(exc: BaseException) -> str:
+            if url and is_missing_queue(exc):
+                return missing_queue_advice(url, region, setting, self.config.path)
+            return str(exc)
+
+        return explain
+
     def _consumers(
         self,
         clients: Clients,
@@ -277,12 +292,21 @@ class Daemon:
 
         ours = [t for t in triggers if not t.config.queue_url]
         consumers = [
-            Consumer(inbox(queue_url), mirrors, ours, own=own if own.provisioned else None)
+            Consumer(
+                inbox(queue_url),
+                mirrors,
+                ours,
+                own=own if own.provisioned else None,
+                explain=self._explain_queue(queue.url or "", "[queue] url"),
+            )
         ]
         shared_urls = dict.fromkeys(t.config.queue_url for t in triggers if t.config.queue_url)
         for url in shared_urls:
             shared = [t for t in triggers if t.config.queue_url == url]
-            consumers.append(Consumer(inbox(url), [], shared))
+            setting = f"[[trigger]] queue_url (trigger {', '.join(t.name for t in shared)})"
+            consumers.append(
+                Consumer(inbox(url), [], shared, explain=self._explain_queue(url, setting))
+            )
         return consumers
 
     async def _startup(
@@ -312,7 +336,9 @@ class Daemon:
                 QueueUrl=consumer.inbox.queue_url,
                 AttributeNames=["QueueArn"],
             )
-            await self.stop.retrying("checking the shared queue", check, self._set_phase)
+            await self.stop.retrying(
+                "checking the shared queue", check, self._set_phase, consumer.explain
+            )
         await bootstrap(mirrors, self.config.agent.concurrency, self.stop, self.recorder)
 
     async def _main_loop(self, consumers: list[Consumer], mirrors: list[Mirror]) -> None:

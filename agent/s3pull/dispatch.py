@@ -52,13 +52,15 @@ class Consumer:
     """One queue and what its messages are applied to.
 
     ``own`` is set for the server's own provisioned queue: if it vanishes, the poll ends
-    with "queue gone" so the daemon can recreate it and reconcile.
+    with "queue gone" so the daemon can recreate it and reconcile. ``explain`` words a
+    receive error for the operator (which setting names a queue SQS does not know).
     """
 
     inbox: Inbox
     mirrors: list[Mirror]
     triggers: list[Trigger]
     own: OwnQueue | None = None
+    explain: Callable[[BaseException], str] = str
 
 
 class Dispatcher:
@@ -101,12 +103,13 @@ class Dispatcher:
                 self._slots.release(room)
                 if consumer.own is not None and is_missing_queue(exc):
                     return "queue gone"
-                self._on_phase(f"backing off: SQS receive failed: {exc}")
+                said = consumer.explain(exc)
+                self._on_phase(f"backing off: SQS receive failed: {said}")
                 log.warning(
                     "SQS receive from %s failed, retrying in %.0f s: %s",
                     inbox.queue_url,
                     backoff.nominal,
-                    exc,
+                    said,
                 )
                 await stop.sleep(backoff.next())
                 continue

@@ -9,6 +9,7 @@ from s3pull.config import Config
 from s3pull.errors import ConfigError
 from s3pull.identity import Identity
 from s3pull.provision import (
+    DEAD_LETTER_SUFFIX,
     OwnQueue,
     dangling_subscriptions,
     deprovision,
@@ -41,8 +42,20 @@ async def deprovision_command(config: Config, identity: Identity) -> int:
     require_topic(config, "deprovision")
     async with open_clients(config, "sqs", "sns", region=identity.region) as clients:
         own = OwnQueue(clients.sqs, clients.sns, config.queue, identity.instance_id)
-        await own.remove()
-        print(f"removed queue {own.name}, its dead-letter queue and its subscription")
+        removed = await own.remove()
+    assert removed is not None  # require_topic: a provisioned queue
+    # Each part as found: a second deprovision must not claim to remove what was gone.
+    if removed.subscriptions is None:
+        print("subscription: not allowed to unsubscribe; left for `s3pull gc`")
+    elif removed.subscriptions:
+        print(f"subscription of queue {own.name}: removed")
+    else:
+        print(f"subscription of queue {own.name}: already gone")
+    for name, gone in (
+        (own.name, removed.queue),
+        (own.name + DEAD_LETTER_SUFFIX, removed.dead_letter_queue),
+    ):
+        print(f"queue {name}: {'removed' if gone else 'already gone'}")
     return 0
 
 

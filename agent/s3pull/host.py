@@ -12,7 +12,7 @@ from pathlib import Path
 
 from s3pull.config import Config
 
-__all__ = ["host_problems"]
+__all__ = ["host_problems", "writable_problem"]
 
 
 def host_problems(config: Config) -> list[str]:
@@ -20,20 +20,20 @@ def host_problems(config: Config) -> list[str]:
     on; empty when all is well."""
     problems: list[str] = []
     state = config.agent.state_directory
-    if (problem := _writable(state)) is not None:
-        problems.append(f"state directory {state}: {problem}")
+    if (problem := writable_problem(state)) is not None:
+        problems.append(f"state directory {state} (agent.state_directory): {problem}")
     for mirror in config.mirrors:
-        if (problem := _writable(mirror.directory)) is not None:
+        if (problem := writable_problem(mirror.directory)) is not None:
             problems.append(f"mirror {mirror.name}: {mirror.directory}: {problem}")
     for trigger in config.triggers:
-        if (problem := _writable(trigger.directory)) is not None:
+        if (problem := writable_problem(trigger.directory)) is not None:
             problems.append(f"trigger {trigger.name}: {trigger.directory}: {problem}")
         if (problem := _runnable(trigger.command[0])) is not None:
             problems.append(f"trigger {trigger.name}: command {trigger.command[0]}: {problem}")
     return problems
 
 
-def _writable(directory: Path) -> str | None:
+def writable_problem(directory: Path) -> str | None:
     """A directory the agent can write in, or create (its nearest existing parent is
     writable)."""
     existing = directory

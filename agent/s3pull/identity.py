@@ -17,7 +17,13 @@ import aiohttp
 
 from s3pull.config import Config
 
-__all__ = ["Identity", "InstanceMetadata", "MetadataUnavailable", "resolve_identity"]
+__all__ = [
+    "Identity",
+    "InstanceMetadata",
+    "MetadataUnavailable",
+    "resolve_identity",
+    "resolve_region",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +101,25 @@ async def resolve_identity(config: Config, metadata: InstanceMetadata) -> Identi
     if not region:
         region = await metadata.get("placement/region")
     return Identity(instance_id, region, from_metadata=True)
+
+
+async def resolve_region(config: Config, metadata: InstanceMetadata) -> str:
+    """The region every client uses: ``[aws] region``, then AWS_REGION / AWS_DEFAULT_REGION
+    (config.py folds those in), then instance metadata; with a topic, the topic's own
+    region last (not on EC2: the best guess there is).
+
+    Raises ``MetadataUnavailable`` when none of them can tell.
+    """
+    if config.aws.region:
+        return config.aws.region
+    try:
+        region = await metadata.get("placement/region")
+    except MetadataUnavailable:
+        if config.queue.topic_region is None:
+            raise
+        return config.queue.topic_region
+    if region:
+        return region
+    if config.queue.topic_region is not None:
+        return config.queue.topic_region
+    raise MetadataUnavailable("instance metadata has no placement/region")

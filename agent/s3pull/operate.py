@@ -15,6 +15,7 @@ from s3pull.status import problems, process_alive, queue_depths, read_snapshot, 
 
 __all__ = ["dlq_list_command", "dlq_redrive_command", "status_command"]
 
+LABEL_WIDTH: Final = 13  # `s3pull status`'s label column, wider for a long name
 PEEK_VISIBILITY: Final = 30  # seconds a listed dead letter is hidden before it shows again
 
 
@@ -85,68 +86,107 @@ def _print_status(
     snapshot, queues = escape_strings(snapshot), escape_strings(queues)
     wrong = escape_strings(wrong)
     print(f"s3pull: {word}")
-    for problem in wrong:
-        print(f"  problem       {problem}")
+    rows = _status_rows(alive, snapshot, queues, wrong)
+    # One column for every label, however long a mirror's or trigger's name: the text
+    # of each row starts at the same place.
+    width = max([LABEL_WIDTH, *(len(label) for label, _text in rows)])
+    for label, text in rows:
+        print(f"  {label:<{width}} {text}")
+
+
+def _status_rows(
+    alive: bool,
+    snapshot: dict[str, Any] | None,
+    queues: list[dict[str, Any]],
+    wrong: list[str],
+) -> list[tuple[str, str]]:
+    """``s3pull status`` as (label, text) rows."""
+    rows = [("problem", problem) for problem in wrong]
     if snapshot is None:
-        print("  daemon        has never run with this state directory")
+        rows.append(("daemon", "has never run with this state directory"))
     else:
         state = "running" if alive else "not running"
-        print(
-            f"  daemon        {state} (pid {snapshot.get('pid')}, started"
-            f" {_ago(snapshot.get('started_at'))}, phase: {snapshot.get('phase')},"
-            f" {snapshot.get('in_flight', 0)} message(s) in flight)"
+        rows.append(
+            (
+                "daemon",
+                f"{state} (pid {snapshot.get('pid')}, started"
+                f" {_ago(snapshot.get('started_at'))}, phase: {snapshot.get('phase')},"
+                f" {snapshot.get('in_flight', 0)} message(s) in flight)",
+            )
         )
     for queue in queues:
         name = str(queue["url"]).rsplit("/", 1)[-1]
         if "error" in queue:
-            print(f"  queue         {name}: cannot ask SQS: {queue['error']}")
+            rows.append(("queue", f"{name}: cannot ask SQS: {queue['error']}"))
             continue
         dead = queue["dead_lettered"]
         dead_text = "no dead-letter queue" if dead is None else f"{dead} dead-lettered"
         hint = "  (see: s3pull dlq list)" if dead else ""
-        print(
-            f"  queue         {name}: {queue['visible']} waiting, {queue['in_flight']}"
-            f" in flight, {dead_text}{hint}"
+        rows.append(
+            (
+                "queue",
+                f"{name}: {queue['visible']} waiting, {queue['in_flight']}"
+                f" in flight, {dead_text}{hint}",
+            )
         )
     if snapshot is None:
-        return
+        return rows
     lag = snapshot.get("lag_seconds")
     if lag is not None:
-        print(f"  lag           {lag:.1f} s from send to applied (last message)")
+        rows.append(("lag", f"{lag:.1f} s from send to applied (last message)"))
     counters = snapshot.get("counters", {})
-    print(
-        f"  changes       {counters.get('applied', 0)} applied, {counters.get('refused', 0)}"
-        f" refused, {counters.get('errors', 0)} errors; last {_ago(snapshot.get('last_change_at'))}"
+    rows.append(
+        (
+            "changes",
+            f"{counters.get('applied', 0)} applied, {counters.get('refused', 0)} refused,"
+            f" {counters.get('errors', 0)} errors; last {_ago(snapshot.get('last_change_at'))}",
+        )
     )
     reconcile = snapshot.get("last_reconcile")
     if reconcile:
-        print(
-            f"  reconcile     {_ago(reconcile['at'])}: {reconcile['downloaded']} downloaded,"
-            f" {reconcile['deleted']} deleted, {reconcile['failed']} failed"
-            f" ({reconcile['seconds']:.1f} s)"
+        rows.append(
+            (
+                "reconcile",
+                f"{_ago(reconcile['at'])}: {reconcile['downloaded']} downloaded,"
+                f" {reconcile['deleted']} deleted, {reconcile['failed']} failed"
+                f" ({reconcile['seconds']:.1f} s)",
+            )
         )
     for mirror, schedule in sorted(snapshot.get("reconciles", {}).items()):
-        print(
-            f"  reconcile     {mirror}: last {_ago(schedule.get('last_at'))},"
-            f" next {_due(schedule.get('next_at'))}"
+        rows.append(
+            (
+                "reconcile",
+                f"{mirror}: last {_ago(schedule.get('last_at'))},"
+                f" next {_due(schedule.get('next_at'))}",
+            )
         )
-    for mirror, changes in sorted(snapshot.get("last_changes", {}).items()):
+    for where, changes in sorted(snapshot.get("last_changes", {}).items()):
         last = changes[-1]
-        print(
-            f"  {mirror:<13} last: {last['outcome']} {last['key']} ({last['bytes']} bytes)"
-            f" {_ago(last['at'])}"
+        # A trigger's batch files are kept under "trigger:<name>": say it in words.
+        label = f"trigger {where[8:]}" if where.startswith("trigger:") else where
+        rows.append(
+            (
+                label,
+                f"last: {last['outcome']} {last['key']} ({last['bytes']} bytes) {_ago(last['at'])}",
+            )
         )
     for mirror, archived in snapshot.get("archived", {}).items():
         # Not a problem: the configuration says what to do with them (archived = ...).
-        print(
-            f"  archived      {mirror}: {archived['skipped']} skipped,"
-            f" {archived['restoring']} restoring (GLACIER/DEEP_ARCHIVE, not restored),"
-            f" e.g. '{archived['examples'][0]}'"
+        rows.append(
+            (
+                "archived",
+                f"{mirror}: {archived['skipped']} skipped,"
+                f" {archived['restoring']} restoring (GLACIER/DEEP_ARCHIVE, not restored),"
+                f" e.g. '{archived['examples'][0]}'",
+            )
         )
     for run in snapshot.get("trigger_runs", [])[-5:]:
-        print(
-            f"  trigger       {run['trigger']} {run['batch']} {run['result']}"
-            f" {_ago(run['at'])} ({run['seconds']:.1f} s)"
+        rows.append(
+            (
+                "trigger",
+                f"{run['trigger']} {run['batch']} {run['result']}"
+                f" {_ago(run['at'])} ({run['seconds']:.1f} s)",
+            )
         )
     for result in snapshot.get("trigger_results", [])[-5:]:
         if result["written"]:
@@ -157,12 +197,16 @@ def _print_status(
                 f" ({_ago(result['at'])})"
             )
     for refusal in snapshot.get("refused", [])[-5:]:
-        print(
-            f"  refused       {refusal['where']}: '{refusal['key']}': {refusal['reason']}"
-            f" ({_ago(refusal['at'])})"
+        rows.append(
+            (
+                "refused",
+                f"{refusal['where']}: '{refusal['key']}': {refusal['reason']}"
+                f" ({_ago(refusal['at'])})",
+            )
         )
     for error in snapshot.get("errors", [])[-5:]:
-        print(f"  error         {error['message']} ({_ago(error['at'])})")
+        rows.append(("error", f"{error['message']} ({_ago(error['at'])})"))
+    return rows
 
 
 def _summary(body: str) -> str:

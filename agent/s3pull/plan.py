@@ -187,8 +187,10 @@ async def execute(
     concurrency: int,
     on_progress: Callable[[int], None] | None = None,
     hold: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
+    label: str = "reconcile",
 ) -> Executed:
-    """Carry out a plan with ``concurrency`` parallel transfers.
+    """Carry out a plan with ``concurrency`` parallel transfers. ``label`` says in each
+    log line what the download was for (a trigger's batch is no reconcile).
 
     ``hold`` is for a reconcile that runs while events are applied (the drift watcher's):
     each download and deletion then takes the key's lock, and a file to delete is first
@@ -236,7 +238,7 @@ async def execute(
                 # An archived object (archived = "restore") had its restore asked: not
                 # downloaded yet.
                 downloaded += applied.outcome not in ("archived", "restoring")
-                mirror.report_applied(obj.key, applied, "reconcile", started)
+                mirror.report_applied(obj.key, applied, label, started)
             if on_progress is not None:
                 on_progress(obj.size)
 

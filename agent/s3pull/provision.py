@@ -27,10 +27,12 @@ __all__ = [
     "Orphan",
     "OwnQueue",
     "ProvisionedQueue",
+    "Removed",
     "dangling_subscriptions",
     "deprovision",
     "find_orphans",
     "is_missing_queue",
+    "missing_queue_advice",
     "provision",
     "refresh_heartbeat",
 ]
@@ -50,6 +52,16 @@ _MISSING_QUEUE_CODES: Final = ("AWS.SimpleQueueService.NonExistentQueue", "Queue
 
 def is_missing_queue(exc: BaseException) -> bool:
     return isinstance(exc, ClientError) and error_code(exc) in _MISSING_QUEUE_CODES
+
+
+def missing_queue_advice(url: str, region: str | None, setting: str, config_path: object) -> str:
+    """What to tell an operator whose configured queue SQS does not know. A queue lives
+    in one region, so a right URL with a wrong region looks exactly like a wrong URL:
+    name both settings."""
+    return (
+        f"queue {url} does not exist in region {region or '(none)'}: check {setting}"
+        f" and [aws] region in {config_path}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,20 +226,34 @@ def _queue_arn(topic_arn: str, queue_name: str) -> str:
     return f"arn:{partition}:sqs:{region}:{account}:{queue_name}"
 
 
-async def deprovision(sqs: Any, sns: Any, *, topic_arn: str, queue_name: str) -> None:
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """What a deprovision found of each part: True removed now, False already gone;
+    ``subscriptions`` is None when the role may not unsubscribe (left for gc)."""
+
+    subscriptions: int | None
+    queue: bool
+    dead_letter_queue: bool
+
+
+async def deprovision(sqs: Any, sns: Any, *, topic_arn: str, queue_name: str) -> Removed:
     """Remove this server's subscription, queue and dead-letter queue. Idempotent.
 
     The servers' role (infra/s3pull.yaml) has no sns:Unsubscribe: IAM cannot narrow it to
     one's own subscription. Refused, the subscription is left to `s3pull gc` (it removes
     subscriptions whose queue is gone) and the queues are deleted all the same."""
+    subscriptions: int | None = None
     try:
-        await _unsubscribe_queue(sns, topic_arn, _queue_arn(topic_arn, queue_name))
+        subscriptions = await _unsubscribe_queue(sns, topic_arn, _queue_arn(topic_arn, queue_name))
     except ClientError as exc:
         if error_code(exc) not in ("AuthorizationError", "AccessDenied"):
             raise
         log.warning("may not unsubscribe %s (%s): left for s3pull gc", queue_name, error_code(exc))
-    await _delete_queue(sqs, queue_name)
-    await _delete_queue(sqs, queue_name + DEAD_LETTER_SUFFIX)
+    return Removed(
+        subscriptions,
+        await _delete_queue(sqs, queue_name),
+        await _delete_queue(sqs, queue_name + DEAD_LETTER_SUFFIX),
+    )
 
 
 # -- gc ------------------------------------------------------------------------------
@@ -347,8 +373,9 @@ class OwnQueue:
         if self.provisioned:
             await refresh_heartbeat(self._sqs, queue_url)
 
-    async def remove(self) -> None:
-        if self._queue.topic_arn is not None:
-            await deprovision(
-                self._sqs, self._sns, topic_arn=self._queue.topic_arn, queue_name=self.name
-            )
+    async def remove(self) -> Removed | None:
+        if self._queue.topic_arn is None:
+            return None
+        return await deprovision(
+            self._sqs, self._sns, topic_arn=self._queue.topic_arn, queue_name=self.name
+        )

@@ -93,17 +93,22 @@ class StopSignal:
         what: str,
         call: Callable[[], Awaitable[T]],
         on_failure: Callable[[str], None] | None = None,
+        explain: Callable[[BaseException], str] = str,
     ) -> T | None:
         """Run ``call`` until it succeeds, backing off on transient errors; None if
-        stopped first. ``on_failure`` hears each failure (the daemon's phase)."""
+        stopped first. ``on_failure`` hears each failure (the daemon's phase);
+        ``explain`` words an error for the operator (which setting to look at)."""
         backoff = Backoff()
         while not self.stopping:
             try:
                 return await self.unless_stopping(call())
             except TRANSIENT_ERRORS as exc:
+                said = explain(exc)
                 if on_failure is not None:
-                    on_failure(f"backing off: {what} failed: {exc}")
-                log.warning("%s failed, retrying in %.0f s: %s", what, backoff.nominal, exc)
+                    on_failure(f"backing off: {what} failed: {said}")
+                # The backoff doubles up to a minute: however long a wrong setting
+                # lasts, this line comes at most once a minute.
+                log.warning("%s failed, retrying in %.0f s: %s", what, backoff.nominal, said)
                 await self.sleep(backoff.next())
         return None
 

@@ -208,7 +208,9 @@ class Trigger:
                 # Running the business process on a batch with a file missing would be
                 # worse than not running it: refuse the batch as a whole.
                 raise batch.refused[0]
-            executed = await execute(self._files, batch, self._concurrency)
+            executed = await execute(
+                self._files, batch, self._concurrency, label=f"batch {batch_prefix}"
+            )
             if executed.failures or executed.refused:
                 missing = len(executed.failures) + executed.refused
                 raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
