@@ -30,6 +30,7 @@ from s3pull.provision import OwnQueue, is_missing_queue
 from s3pull.sources import Trust
 from s3pull.stopping import StopSignal
 from s3pull.trigger import Trigger
+from s3pull.watermark import Watermark
 
 __all__ = ["Consumer", "Dispatcher", "Handled", "PollEnd"]
 
@@ -52,13 +53,16 @@ class Consumer:
     """One queue and what its messages are applied to.
 
     ``own`` is set for the server's own provisioned queue: if it vanishes, the poll ends
-    with "queue gone" so the daemon can recreate it and reconcile.
+    with "queue gone" so the daemon can recreate it and reconcile. ``watermark``, set
+    for that queue too, learns from every receive and every message's end how far the
+    server has applied (published on the queue's tags).
     """
 
     inbox: Inbox
     mirrors: list[Mirror]
     triggers: list[Trigger]
     own: OwnQueue | None = None
+    watermark: Watermark | None = None
 
 
 class Dispatcher:
@@ -95,6 +99,8 @@ class Dispatcher:
             room = await stop.unless_stopping(self._slots.reserve(BATCH))
             if room is None:
                 break  # stopping while every slot was busy
+            mark = consumer.watermark
+            started = mark.now() if mark is not None else 0.0
             try:
                 messages = await stop.unless_stopping(inbox.receive(room))
             except TRANSIENT_ERRORS as exc:
@@ -117,6 +123,11 @@ class Dispatcher:
                 self._on_phase("in sync")
                 log.info("SQS receive from %s works again", inbox.queue_url)
             self._slots.release(room - len(messages))
+            if mark is not None:
+                if not messages:
+                    mark.queue_was_empty(started)
+                for message in messages:
+                    mark.received(message)
             for message in messages:
                 task = asyncio.create_task(self.handle(consumer, message))
                 self._work.add(task)
@@ -163,6 +174,12 @@ class Dispatcher:
 
         Cancelled (a forced stop), it hands the message back at once and re-raises.
         """
+        handled = await self._handle(consumer, message)
+        if consumer.watermark is not None:
+            consumer.watermark.finished(message, acknowledged=handled == "acknowledged")
+        return handled
+
+    async def _handle(self, consumer: Consumer, message: Message) -> Handled:
         inbox = consumer.inbox
         try:
             notification = parse_body(message.body)
