@@ -32,6 +32,10 @@ def _percent(value: Any) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
 
 
+def _dollars(value: Any) -> str:
+    return "—" if value is None else f"${value:.4f}"
+
+
 def _text(value: Any) -> str:
     return "—" if value is None else str(value)
 
@@ -131,6 +135,19 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
             Column("cpu_s_per_min", "CPU s/min", N3),
             Column("rss_mb", "RSS MB", N0),
             Column("max_rss_mb", "max RSS MB", N0),
+        ],
+    ),
+    "publishing": (
+        "State publishing (fleet view): requests on the agent's own queue",
+        [
+            Column("window", "window"),
+            Column("seconds", "s", N0),
+            Column("changes_per_s", "changes/s", N1),
+            Column("tag_requests", "TagQueue", N0),
+            Column("attribute_requests", "GetQueueAttributes", N0),
+            Column("requests_per_hour", "publishing req/hour", N1),
+            Column("dollars_per_month", "$/server/month", _dollars),
+            Column("receives_per_hour", "ReceiveMessage/hour", N0),
         ],
     ),
     "fleet": (
