@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from conftest import Agent, render_config, wait_until
 from conftest import run_s3pull as s3pull
 from s3pull import __version__
-from s3pull.emulator import Pipeline, client
+from s3pull.emulator import Pipeline, client, create_pipeline
 from s3pull.inbox import Message
 from s3pull.statetags import MAX_VALUE, AgentState, decode_value, encode_value
 from s3pull.watermark import LONGEST_RETRY_DELAY, Watermark
@@ -238,3 +239,71 @@ def test_fleet_needs_per_server_queues(tmp_path: Path, pipeline: Pipeline) -> No
         assert result.returncode == 78
         assert f"{config}: queue.topic_arn:" in result.stderr
         assert "fixed queue.url" in result.stderr
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """chattr +i: even root cannot create a file in the directory (as test_status_truth)."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"chattr +i does not work here: {result.stderr.strip()}")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+@pytest.mark.moto_only("fleet status asks EC2 which instances exist")
+def test_a_failing_agent_is_behind_with_its_error_escaped_until_it_applies(
+    tmp_path: Path,
+    moto_endpoint: str,
+    s3: Any,
+    start_agent: Callable[..., Agent],
+    immutable: Callable[[Path], None],
+) -> None:
+    # Enough receives that the change keeps failing rather than being dead-lettered.
+    pipeline = create_pipeline(moto_endpoint, f"t-{uuid.uuid4().hex[:16]}", max_receive_count=50)
+    ec2 = client(moto_endpoint, "ec2")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
+    instance_id = instance["InstanceId"]
+    template = f"s3pull-fv{uuid.uuid4().hex[:8]}-{{instance_id}}"
+    config = fleet_config(tmp_path, pipeline, template, instance_id, 0)
+    mirror = config.parent / "mirror"
+    mirror.mkdir()
+    immutable(mirror)
+    agent = start_agent(config, FAST_PUBLISHING)
+    agent.wait_ready()
+    wait_until(lambda: fleet_json(config)["in_sync"] == 1, timeout=60, what="in sync")
+
+    key = "data/evil\rERROR forged 'line'.csv"
+    s3.put_object(Bucket=pipeline.bucket, Key=key, Body=b"x")
+    agent.wait_for_log("could not apply ObjectCreated:Put")
+
+    def failing() -> dict[str, Any] | None:
+        (row,) = fleet_json(config)["servers"]
+        return row if row["phase"] == "failing: data" and row["last_error"] else None
+
+    row = wait_until(failing, timeout=60, what="the agent publishing that it is failing")
+    assert row["state"] == "behind"
+    # The key's carriage return arrives escaped, its quotes whole, through SQS's tag alphabet.
+    assert "data/evil\\rERROR forged 'line'.csv" in row["last_error"]
+    assert "Operation not permitted" in row["last_error"] and "\r" not in row["last_error"]
+    shown = s3pull("fleet", "status", "--config", str(config))
+    assert shown.returncode == 1 and "0 of 1 in sync (1 behind)" in shown.stdout
+    (line,) = [ln for ln in shown.stdout.splitlines() if ln.startswith(instance_id)]
+    assert "phase: failing: data" in line and "evil\\rERROR forged 'line'.csv" in line
+
+    late = s3pull("fleet", "wait", "--timeout", "3", "--config", str(config))
+    assert late.returncode == 1
+    assert f"  {instance_id}  " in late.stdout and "phase: failing: data" in late.stdout
+
+    subprocess.run(["chattr", "-i", str(mirror)], check=True)
+    healed = s3pull("fleet", "wait", "--timeout", "120", "--config", str(config))
+    assert healed.returncode == 0, healed.stdout
+    assert (mirror / "data" / "evil\rERROR forged 'line'.csv").read_bytes() == b"x"
+    assert agent.stop() == 0

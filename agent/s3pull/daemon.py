@@ -237,7 +237,10 @@ class Daemon:
             await _cancel(helpers)
             if publisher is not None and self.stop.exiting and not self._deprovision_on_exit:
                 # Tell the fleet view this server stopped on purpose (not crashed).
-                await asyncio.wait_for(publisher.publish("stopped"), FINAL_PUBLISH_SECONDS)
+                try:
+                    await asyncio.wait_for(publisher.publish("stopped"), FINAL_PUBLISH_SECONDS)
+                except TimeoutError:
+                    log.warning("could not publish the stopped state in time")
 
     def _publisher(self, clients: Clients, ours: Consumer) -> StatePublisher | None:
         """Only a provisioned queue is this server's alone to tag: a fixed ``url`` may be

@@ -112,7 +112,9 @@ class Server:
             found.append("agent stopped")
         elif self.silent:
             found.append(f"no heartbeat since {_when(self.agent.heartbeat)}")
-        elif self.agent.phase not in (None, "in sync"):
+        elif self.agent.phase is None:
+            found.append("its agent publishes no state (not started yet, or older than fleet)")
+        elif self.agent.phase != "in sync":
             found.append(f"phase: {self.agent.phase}")
         if self.read_error is not None:
             found.append(f"cannot read the queue: {self.read_error}")
@@ -372,12 +374,19 @@ async def fleet_wait_command(
         fleet = Fleet(clients.sqs, clients.ec2, prefix)
         started = time.monotonic()
         done: set[str] = set()
+        reported = -1
         while True:
             servers = await fleet.read(skip=done)
             live = [s for s in servers if s.state != "gone"]
             done.update(s.instance_id for s in live if s.instance_id in done or s.has(target))
             behind = [s for s in live if s.instance_id not in done]
             waited = time.monotonic() - started
+            if live and len(behind) != reported:
+                reported = len(behind)
+                print(
+                    f"  {len(live) - len(behind)} of {len(live)} have it ({waited:.0f} s)",
+                    flush=True,
+                )
             if live and not behind:
                 print(f"s3pull fleet: all {len(live)} live server(s) have it ({waited:.1f} s)")
                 return 0
