@@ -4,9 +4,10 @@ One TagQueue request carries everything (version, phase, applied-through, last e
 the heartbeat ``gc`` reads). It is sent
 - when something an operator would want to know changed: the phase (or what is
   failing), the last error, or messages were finished (applied-through may move): at
-  most once per ``interval`` (30 s), so at most two publications a minute while changes
-  flow, each preceded by one GetQueueAttributes when no long poll came back empty since
-  the last change (the proof applied-through needs, see ``watermark``);
+  most once per ``interval`` (30 s) on average, with a burst of two (so that start-up's
+  "bootstrapping" is followed at once by "in sync"): at most two publications a minute
+  while changes flow, each preceded by one GetQueueAttributes when no long poll came
+  back empty since the last change (the proof applied-through needs, see ``watermark``);
 - once an hour when nothing changed: the heartbeat, no request more than before;
 - once at a stop (phase ``stopped``).
 An idle agent's long polls move applied-through without a publication: ``fleet`` reads
@@ -41,6 +42,7 @@ HEARTBEAT_INTERVAL_SECONDS: Final = 3600.0
 # Tests shorten it; operators have no reason to (it bounds the cost, see README "Fleet").
 PUBLISH_INTERVAL_SECONDS: Final = float(os.environ.get("S3PULL_PUBLISH_INTERVAL_SECONDS", "30"))
 CHECK_SECONDS: Final = 1.0  # how often local state is compared with what was published
+BURST: Final = 2.0  # publications allowed back to back before the interval applies
 
 
 class StatePublisher:
@@ -61,6 +63,8 @@ class StatePublisher:
         self._interval = interval
         self._published: tuple[object, ...] | None = None
         self._last_at = float("-inf")  # monotonic time of the last attempt
+        self._tokens = BURST  # a token bucket: one publication each, refilled per interval
+        self._refilled_at = time.monotonic()
         self.requests = 0  # sent, for the log line at the end
 
     def _news(self, phase: str | None = None) -> tuple[object, ...]:
@@ -76,10 +80,12 @@ class StatePublisher:
         """Publish as the rules above say, until cancelled."""
         while True:
             await asyncio.sleep(CHECK_SECONDS)
-            since = time.monotonic() - self._last_at
-            if since >= HEARTBEAT_INTERVAL_SECONDS or (
-                since >= self._interval and self._news() != self._published
-            ):
+            now = time.monotonic()
+            self._tokens = min(BURST, self._tokens + (now - self._refilled_at) / self._interval)
+            self._refilled_at = now
+            heartbeat_due = now - self._last_at >= HEARTBEAT_INTERVAL_SECONDS
+            if heartbeat_due or (self._tokens >= 1 and self._news() != self._published):
+                self._tokens = max(0.0, self._tokens - 1)
                 await self.publish()
 
     async def publish(self, phase: str | None = None) -> bool:
