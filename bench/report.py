@@ -162,6 +162,8 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
             Column("from_visible_p50_ms", "visible -> renamed p50 ms", N0),
             Column("idle_rss_total_mb", "fleet RSS MB", N0),
             Column("missed", "missed", N0),
+            Column("fleet_wait_s", "fleet wait s", N1),
+            Column("fleet_wait_exit", "fleet wait exit", N0),
         ],
     ),
 }
