@@ -239,6 +239,8 @@ def test_fleet_needs_per_server_queues(tmp_path: Path, pipeline: Pipeline) -> No
         assert result.returncode == 78
         assert f"{config}: queue.topic_arn:" in result.stderr
         assert "fixed queue.url" in result.stderr
+    usage = s3pull("fleet", "wait", "--since", "yesterday", "--config", str(config))
+    assert usage.returncode == 2 and "--since 'yesterday': not an ISO 8601 time" in usage.stderr
 
 
 @pytest.fixture
