@@ -29,6 +29,7 @@ from .cases.fleet import run_fleet
 from .cases.idle import run_idle
 from .cases.large import run_large
 from .cases.latency import run_latency
+from .cases.publishing import run_publishing
 from .cases.sync import run_sync_cases
 from .cases.throughput import run_throughput
 from .context import FULL, QUICK, Context, Sizes
@@ -62,6 +63,7 @@ CASES: dict[str, Case] = {
     "large": run_large,
     "idle": run_idle,
     "fleet": run_fleet,
+    "publishing": run_publishing,
     "fast-server": run_fast_server,
     "ceiling-end": _ceiling_again,
 }

@@ -44,19 +44,29 @@ def write_config(
     state: Path,
     mirrors: list[MirrorSpec],
     wait_time_seconds: int = 20,
+    own_queue: tuple[str, str] | None = None,
 ) -> Path:
-    """A configuration with the defaults an operator would get, but for the endpoint."""
+    """A configuration with the defaults an operator would get, but for the endpoint.
+
+    ``own_queue`` (topic ARN, instance id) gives the agent a provisioned queue of its own
+    instead of ``queue_url``: the production shape, and the one that publishes state."""
+    queue = [f"url = {json.dumps(queue_url)}"]
+    agent: list[str] = []
+    if own_queue is not None:
+        queue = [f"topic_arn = {json.dumps(own_queue[0])}", f"name = {json.dumps(queue_url)}"]
+        agent = [f"instance_id = {json.dumps(own_queue[1])}"]
     lines = [
         "[aws]",
         'region = "us-east-1"',
         f"endpoint_url = {json.dumps(endpoint)}",
         "",
         "[queue]",
-        f"url = {json.dumps(queue_url)}",
+        *queue,
         f"wait_time_seconds = {wait_time_seconds}",
         "",
         "[agent]",
         f"state_directory = {json.dumps(str(state))}",
+        *agent,
     ]
     for index, mirror in enumerate(mirrors):
         lines += [

@@ -32,6 +32,8 @@ class Sizes:
     idle_seconds: float
     fleet_agents: int
     fleet_changes: int
+    publish_rate: float  # changes/s while the state-publishing cost is measured
+    publish_seconds: float  # each window of that case (idle, then steady changes)
     ceiling_seconds: float  # length of each GET-ceiling measurement
     s3rver_sizes: tuple[int, ...]
 
@@ -47,6 +49,8 @@ QUICK = Sizes(
     idle_seconds=30.0,
     fleet_agents=5,
     fleet_changes=3,
+    publish_rate=10.0,
+    publish_seconds=30.0,
     ceiling_seconds=2.0,
     s3rver_sizes=(1000,),
 )
@@ -62,6 +66,8 @@ FULL = Sizes(
     idle_seconds=300.0,
     fleet_agents=20,
     fleet_changes=5,
+    publish_rate=100.0,
+    publish_seconds=300.0,
     ceiling_seconds=4.0,
     s3rver_sizes=(1000, 10000),
 )

@@ -32,6 +32,10 @@ def _percent(value: Any) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
 
 
+def _dollars(value: Any) -> str:
+    return "—" if value is None else f"${value:.4f}"
+
+
 def _text(value: Any) -> str:
     return "—" if value is None else str(value)
 
@@ -133,6 +137,19 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
             Column("max_rss_mb", "max RSS MB", N0),
         ],
     ),
+    "publishing": (
+        "State publishing (fleet view): requests on the agent's own queue",
+        [
+            Column("window", "window"),
+            Column("seconds", "s", N0),
+            Column("changes_per_s", "changes/s", N1),
+            Column("tag_requests", "TagQueue", N0),
+            Column("attribute_requests", "GetQueueAttributes", N0),
+            Column("requests_per_hour", "publishing req/hour", N1),
+            Column("dollars_per_month", "$/server/month", _dollars),
+            Column("receives_per_hour", "ReceiveMessage/hour", N0),
+        ],
+    ),
     "fleet": (
         "Fleet: agents on this machine, one queue each, one SNS topic",
         [
@@ -145,6 +162,8 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
             Column("from_visible_p50_ms", "visible -> renamed p50 ms", N0),
             Column("idle_rss_total_mb", "fleet RSS MB", N0),
             Column("missed", "missed", N0),
+            Column("fleet_wait_s", "fleet wait s", N1),
+            Column("fleet_wait_exit", "fleet wait exit", N0),
         ],
     ),
 }

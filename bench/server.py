@@ -98,6 +98,7 @@ SQS_OPERATIONS = {
     "change_message_visibility_batch": "sqs:ChangeMessageVisibilityBatch",
     "get_queue_attributes": "sqs:GetQueueAttributes",
     "send_message": "sqs:SendMessage",
+    "tag_queue": "sqs:TagQueue",  # the state agents publish (cases.publishing)
 }
 
 

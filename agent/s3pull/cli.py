@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a heartbeat older than this marks a queue as abandoned (default 96,"
         " the queue's message retention)",
     )
+    fleet = verb(verbs, "fleet", options=False)
+    fleet_verbs = fleet.add_subparsers(dest="fleet_verb", required=True, metavar="ACTION")
+    fleet_status = verb(fleet_verbs, "status", "fleet status")
+    fleet_status.add_argument("--json", action="store_true", help="machine-readable output")
+    wait = verb(fleet_verbs, "wait", "fleet wait")
+    since = wait.add_mutually_exclusive_group()
+    since.add_argument("--since", metavar="TIME", help="ISO 8601 time (default: now)")
+    since.add_argument("--key", help="KEY or s3://BUCKET/KEY: its current version")
+    wait.add_argument("--timeout", type=float, default=300.0, metavar="S", help="default 300")
     demo = verb(verbs, "demo")
     mode = demo.add_mutually_exclusive_group()
     mode.add_argument(
@@ -299,6 +308,8 @@ def _verb(argv: Sequence[str] | None) -> int:
             region = config.aws.region or config.queue.topic_region
             stale = timedelta(hours=args.stale_after)
             return asyncio.run(gc_command(config, region, stale, dry_run=args.dry_run))
+        if args.verb == "fleet":
+            return fleet(config, args)
         if args.verb == "sync":
             return asyncio.run(
                 sync(
@@ -336,6 +347,19 @@ def _verb(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAILURE
     raise AssertionError(f"unhandled verb {args.verb}")
+
+
+def fleet(config: Config, args: argparse.Namespace) -> int:
+    from s3pull import fleetview
+
+    if args.fleet_verb == "status":
+        return asyncio.run(fleetview.fleet_status_command(config, as_json=args.json))
+    try:
+        since = fleetview.parse_since(args.since) if args.since else None
+    except ValueError:
+        print(f"s3pull: --since {args.since!r}: not an ISO 8601 time", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(fleetview.fleet_wait_command(config, since, args.key, args.timeout))
 
 
 def run(config: Config, configured: Config) -> int:

@@ -27,6 +27,7 @@ from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
 from s3pull.provision import OwnQueue, is_missing_queue, missing_queue_advice
+from s3pull.publish import StatePublisher
 from s3pull.reconcile import bootstrap
 from s3pull.repeats import DAEMON_INTERVAL, Repeats
 from s3pull.results import Results
@@ -37,12 +38,12 @@ from s3pull.trigger import Trigger
 from s3pull.walk import remove_leftover_temp_files
 from s3pull.watchers import (
     config_file_changes,
-    heartbeat,
     lifecycle_terminated,
     local_drift,
     next_config,
     periodic_reconciles,
 )
+from s3pull.watermark import Watermark
 
 __all__ = ["DELETE_DEADLINE_SECONDS", "DRAIN_DEADLINE_SECONDS", "Daemon"]
 
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 # unit's TimeoutStopSec must stay above this.
 DRAIN_DEADLINE_SECONDS: Final = 30.0
 DELETE_DEADLINE_SECONDS: Final = 10.0
+FINAL_PUBLISH_SECONDS: Final = 5.0  # the "stopped" tag must not hold up an exit
 STATUS_INTERVAL: Final = 5.0
 
 
@@ -222,9 +224,9 @@ class Daemon:
             return
         self.dispatcher.trust = trust
         deleters = [asyncio.create_task(c.inbox.delete_forever()) for c in consumers]
-        if own.provisioned:
-            ours = consumers[0].inbox
-            helpers.append(asyncio.create_task(heartbeat(own, lambda: ours.queue_url)))
+        publisher = self._publisher(clients, consumers[0])
+        if publisher is not None:
+            helpers.append(asyncio.create_task(publisher.run(), name="publish state"))
         if self.identity.from_metadata:
             helpers.append(asyncio.create_task(self._leave_when_terminated()))
         try:
@@ -254,6 +256,25 @@ class Daemon:
             await self.dispatcher.drain(0, self.stop.force)
             await self._stop_deleters(consumers, deleters)
             await _cancel(helpers)
+            if publisher is not None and self.stop.exiting and not self._deprovision_on_exit:
+                # Tell the fleet view this server stopped on purpose (not crashed).
+                try:
+                    await asyncio.wait_for(publisher.publish("stopped"), FINAL_PUBLISH_SECONDS)
+                except TimeoutError:
+                    log.warning("could not publish the stopped state in time")
+
+    def _publisher(self, clients: Clients, ours: Consumer) -> StatePublisher | None:
+        """Only a provisioned queue is this server's alone to tag: a fixed ``url`` may be
+        shared, and one server's state there would overwrite another's."""
+        if ours.watermark is None:
+            return None
+        return StatePublisher(
+            clients.sqs,
+            lambda: ours.inbox.queue_url,
+            self.identity.instance_id or "",
+            self.stats,
+            ours.watermark,
+        )
 
     async def _own_queue_url(self, clients: Clients, own: OwnQueue) -> str:
         url = await own.ensure()
@@ -291,6 +312,11 @@ class Daemon:
             return Inbox(clients.sqs, url, queue.wait_time_seconds, queue.visibility_timeout)
 
         ours = [t for t in triggers if not t.config.queue_url]
+        watermark = (
+            Watermark(queue.max_receive_count, queue.visibility_timeout)
+            if own.provisioned
+            else None
+        )
         consumers = [
             Consumer(
                 inbox(queue_url),
@@ -298,6 +324,7 @@ class Daemon:
                 ours,
                 own=own if own.provisioned else None,
                 explain=self._explain_queue(queue.url or "", "[queue] url"),
+                watermark=watermark,
             )
         ]
         shared_urls = dict.fromkeys(t.config.queue_url for t in triggers if t.config.queue_url)

@@ -30,6 +30,7 @@ from s3pull.provision import OwnQueue, is_missing_queue
 from s3pull.sources import Trust
 from s3pull.stopping import StopSignal
 from s3pull.trigger import Trigger
+from s3pull.watermark import Watermark
 
 __all__ = ["Consumer", "Dispatcher", "Handled", "PollEnd"]
 
@@ -54,6 +55,8 @@ class Consumer:
     ``own`` is set for the server's own provisioned queue: if it vanishes, the poll ends
     with "queue gone" so the daemon can recreate it and reconcile. ``explain`` words a
     receive error for the operator (which setting names a queue SQS does not know).
+    ``watermark``, set for that queue too, learns from every receive and every message's
+    end how far the server has applied (published on the queue's tags).
     """
 
     inbox: Inbox
@@ -61,6 +64,7 @@ class Consumer:
     triggers: list[Trigger]
     own: OwnQueue | None = None
     explain: Callable[[BaseException], str] = str
+    watermark: Watermark | None = None
 
 
 class Dispatcher:
@@ -97,6 +101,8 @@ class Dispatcher:
             room = await stop.unless_stopping(self._slots.reserve(BATCH))
             if room is None:
                 break  # stopping while every slot was busy
+            mark = consumer.watermark
+            started = mark.now() if mark is not None else 0.0
             try:
                 messages = await stop.unless_stopping(inbox.receive(room))
             except TRANSIENT_ERRORS as exc:
@@ -120,6 +126,11 @@ class Dispatcher:
                 self._on_phase("in sync")
                 log.info("SQS receive from %s works again", inbox.queue_url)
             self._slots.release(room - len(messages))
+            if mark is not None:
+                if not messages:
+                    mark.queue_was_empty(started)
+                for message in messages:
+                    mark.received(message)
             for message in messages:
                 task = asyncio.create_task(self.handle(consumer, message))
                 self._work.add(task)
@@ -166,6 +177,12 @@ class Dispatcher:
 
         Cancelled (a forced stop), it hands the message back at once and re-raises.
         """
+        handled = await self._handle(consumer, message)
+        if consumer.watermark is not None:
+            consumer.watermark.finished(message, acknowledged=handled == "acknowledged")
+        return handled
+
+    async def _handle(self, consumer: Consumer, message: Message) -> Handled:
         inbox = consumer.inbox
         try:
             notification = parse_body(message.body)

@@ -105,6 +105,28 @@ VERBS: Final[dict[str, VerbHelp]] = {
         ((0, "removed (or listed, with --dry-run)"), (1, "AWS refused")),
         "Per-server queues",
     ),
+    "fleet": VerbHelp(
+        "every server's agent, seen from one place",
+        "",
+        ((0, "every live server in sync"), (1, "a server is behind, stopped or failing")),
+        "Fleet: every server from one place, and waiting for a rollout",
+    ),
+    "fleet status": VerbHelp(
+        "one row per server: state, applied-through, backlog, last error",
+        "Reads every s3pull queue under the [queue] name template's prefix: the state its\n"
+        "agent published on the queue's tags and the queue's own counters. A server whose\n"
+        "instance EC2 no longer knows is flagged gone. Any machine that may read the queues.",
+        ((0, "every live server in sync"), (1, "a server is behind, stopped or failing")),
+        "Fleet: every server from one place, and waiting for a rollout",
+    ),
+    "fleet wait": VerbHelp(
+        "wait until every live server has applied a change",
+        "Waits until every live server has applied everything up to --since (default: now),\n"
+        "or the current version of --key, then exits 0; at --timeout it exits 1 naming each\n"
+        "server that is behind and why (backlog, dead letters, stopped).",
+        ((0, "every live server has it"), (1, "the timeout passed; the servers behind named")),
+        "Fleet: every server from one place, and waiting for a rollout",
+    ),
     "demo": VerbHelp(
         "the whole pipeline on an embedded AWS emulator",
         "Starts a moto server on loopback, a bucket, a topic and a queue, an agent with a\n"

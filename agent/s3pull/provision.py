@@ -31,10 +31,10 @@ __all__ = [
     "dangling_subscriptions",
     "deprovision",
     "find_orphans",
+    "instances_alive",
     "is_missing_queue",
     "missing_queue_advice",
     "provision",
-    "refresh_heartbeat",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,6 @@ async def provision(
     return ProvisionedQueue(queue_url, queue_arn, dead_letter_url, subscription_arn)
 
 
-async def refresh_heartbeat(sqs: Any, queue_url: str) -> None:
-    await sqs.tag_queue(QueueUrl=queue_url, Tags={HEARTBEAT_TAG: _now()})
-
-
 async def _delete_queue(sqs: Any, name: str) -> bool:
     try:
         url = (await sqs.get_queue_url(QueueName=name))["QueueUrl"]
@@ -273,7 +269,7 @@ def _parse_time(value: str) -> datetime | None:
         return None
 
 
-async def _instances_alive(ec2: Any, instance_ids: list[str]) -> set[str]:
+async def instances_alive(ec2: Any, instance_ids: list[str]) -> set[str]:
     """Which of these instances still exist (any state but terminated/shutting-down)."""
     alive: set[str] = set()
     for instance_id in instance_ids:  # one at a time: one unknown id fails a whole call
@@ -307,7 +303,7 @@ async def find_orphans(
             if INSTANCE_TAG not in tags:
                 continue  # not provisioned by s3pull: never ours to remove
             candidates.append((name, tags[INSTANCE_TAG], _parse_time(tags.get(HEARTBEAT_TAG, ""))))
-    alive = await _instances_alive(ec2, sorted({instance for _n, instance, _h in candidates}))
+    alive = await instances_alive(ec2, sorted({instance for _n, instance, _h in candidates}))
     cutoff = datetime.now(UTC) - stale_after
     orphans = []
     for name, instance_id, heartbeat in candidates:
@@ -368,10 +364,6 @@ class OwnQueue:
             max_receive_count=self._queue.max_receive_count,
         )
         return provisioned.queue_url
-
-    async def heartbeat(self, queue_url: str) -> None:
-        if self.provisioned:
-            await refresh_heartbeat(self._sqs, queue_url)
 
     async def remove(self) -> Removed | None:
         if self._queue.topic_arn is None:

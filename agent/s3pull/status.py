@@ -202,17 +202,21 @@ class Stats:
             "at": _now(),
         }
 
+    def health(self) -> str:
+        """The phase, or ``failing: <places>`` while a change or reconcile is failing, or
+        ``holding back deletions: <mirrors>``."""
+        failing = self.failing_now()
+        if self.phase in ("in sync", "stopped") and (failing or self.reconcile_failures):
+            return f"failing: {', '.join(sorted({*failing, *self.reconcile_failures}))}"
+        if self.phase in ("in sync", "stopped") and self.held_back:
+            return f"holding back deletions: {', '.join(sorted(self.held_back))}"
+        return self.phase
+
     def line(self, in_flight: int = 0) -> str:
         """One line for systemd's STATUS=: the phase (``behind: N message(s) in flight``
         while an otherwise healthy agent is working) and the counters."""
-        phase = self.phase
-        failing = self.failing_now()
-        if phase in ("in sync", "stopped") and (failing or self.reconcile_failures):
-            places = sorted({*failing, *self.reconcile_failures})
-            phase = f"failing: {', '.join(places)}"
-        elif phase in ("in sync", "stopped") and self.held_back:
-            phase = f"holding back deletions: {', '.join(sorted(self.held_back))}"
-        elif phase == "in sync" and in_flight:
+        phase = self.health()
+        if phase == "in sync" and in_flight:
             phase = f"behind: {in_flight} message(s) in flight"
         ago = (
             f", last change {_now() - self.last_change_at:.0f}s ago"

@@ -28,14 +28,11 @@ from s3pull.metrics import Recorder
 from s3pull.mirror import Mirror
 from s3pull.paths import TEMP_PREFIX
 from s3pull.plan import Executed, ReconcilePlan, execute, plan
-from s3pull.provision import OwnQueue
 from s3pull.stopping import StopSignal, sleep_unless
 
 __all__ = [
-    "HEARTBEAT_INTERVAL_SECONDS",
     "LIFECYCLE_POLL_SECONDS",
     "config_file_changes",
-    "heartbeat",
     "lifecycle_terminated",
     "local_drift",
     "next_config",
@@ -45,7 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_SECONDS: Final = 3600.0
 LIFECYCLE_POLL_SECONDS: Final = float(os.environ.get("S3PULL_LIFECYCLE_POLL_SECONDS", "15"))
 CONFIG_DEBOUNCE_MS: Final = 300
 DRIFT_DEBOUNCE_MS: Final = 200
@@ -119,17 +115,6 @@ async def lifecycle_terminated(stop: StopSignal, metadata: InstanceMetadata | No
         if state == "Terminated":
             return True
     return False
-
-
-async def heartbeat(own: OwnQueue, queue_url: Callable[[], str]) -> None:
-    """Refresh the heartbeat tag ``gc`` uses to tell a live server from a lost one,
-    until cancelled. ``queue_url`` is read each time: a lost queue is recreated."""
-    while True:
-        await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
-        try:
-            await own.heartbeat(queue_url())
-        except TRANSIENT_ERRORS as exc:
-            log.warning("could not refresh the queue's heartbeat tag: %s", exc)
 
 
 def _directory_identity(directory: Path) -> tuple[int, int] | None:

@@ -1,18 +1,19 @@
-"""A fleet on one machine: N agents, each with its own queue subscribed to one SNS topic
-(the production shape), and the time until every one of them has applied a change."""
+"""A fleet on one machine: N agents, each with its own provisioned queue subscribed to one
+SNS topic (the production shape), the time until every one of them has applied a change,
+and how long `s3pull fleet wait --key` takes to say so."""
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 from s3pull.emulator import create_pipeline
 
-from ..agent import AgentProcess, MirrorSpec, write_config
+from ..agent import S3PULL, AgentProcess, MirrorSpec, agent_env, write_config
 from ..changes import percentile, visible_times
 from ..context import OBJECT_SIZE, Context
-from ..wiring import add_queue
 
 __all__ = ["run_fleet"]
 
@@ -22,25 +23,30 @@ BUCKET = "fleet"
 def run_fleet(ctx: Context) -> None:
     size = ctx.sizes.fleet_agents
     pipeline = create_pipeline(ctx.moto.endpoint, BUCKET)
-    sqs, sns = ctx.client("sqs"), ctx.client("sns")
-    queues = [(BUCKET, pipeline.queue_url)] + [
-        (f"{BUCKET}-{i}", add_queue(sqs, sns, pipeline.topic_arn, f"{BUCKET}-{i}"))
-        for i in range(1, size)
-    ]
+    # Live instances, so that `fleet wait` counts them (a queue whose instance EC2 does
+    # not know is "gone" and not waited for).
+    ec2 = ctx.client("ec2")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    launched = ec2.run_instances(ImageId=image, MinCount=size, MaxCount=size)["Instances"]
+    instances = sorted(i["InstanceId"] for i in launched)
+    queues = [f"{BUCKET}-{instance}" for instance in instances]
     directories: list[Path] = []
     agents: list[AgentProcess] = []
+    configs: list[Path] = []
     try:
-        for index, (_name, url) in enumerate(queues):
+        for index, instance in enumerate(instances):
             root = ctx.work / BUCKET / f"agent{index:02d}"
             directories.append(root / "mirror")
             ctx.watcher.watch(root / "mirror")
             config = write_config(
                 root / "s3pull.toml",
                 ctx.moto.endpoint,
-                url,
+                f"{BUCKET}-{{instance_id}}",
                 root / "state",
                 [MirrorSpec(BUCKET, "", root / "mirror")],
+                own_queue=(pipeline.topic_arn, instance),
             )
+            configs.append(config)
             agents.append(AgentProcess(config, ctx.log(f"fleet-{index:02d}")))
         started = time.monotonic()
         for agent in agents:
@@ -58,7 +64,8 @@ def run_fleet(ctx: Context) -> None:
             landed = [ctx.watcher.renamed_at(d, key, put, 60) for d in directories]
             rounds.append((key, put, landed))
             time.sleep(0.5)
-        visible = {name: visible_times(ctx, name) for name, _url in queues}
+        visible = {name: visible_times(ctx, name) for name in queues}
+        wait_s, wait_exit, wait_all = _fleet_wait(ctx, configs[0], directories)
     finally:
         ctx.moto.call("record_visible", on=False)
         for agent in agents:
@@ -76,7 +83,7 @@ def run_fleet(ctx: Context) -> None:
             to_all.append((max(done) - put) * 1000)
         if done:
             first.append((min(done) - put) * 1000)
-        for (name, _url), stamp in zip(queues, landed, strict=True):
+        for name, stamp in zip(queues, landed, strict=True):
             seen = visible[name].get(key)
             if stamp is not None and seen is not None:
                 from_visible.append((stamp - seen) * 1000)
@@ -92,4 +99,27 @@ def run_fleet(ctx: Context) -> None:
         from_visible_max_ms=max(from_visible, default=None),
         idle_rss_total_mb=rss_total,
         missed=missed,
+        fleet_wait_s=wait_s,
+        fleet_wait_exit=wait_exit,
+        fleet_wait_all_had_it=wait_all,
     )
+
+
+def _fleet_wait(ctx: Context, config: Path, directories: list[Path]) -> tuple[float, int, bool]:
+    """One more upload, then `s3pull fleet wait --key` as a deploy pipeline runs it: the
+    seconds from the PUT to its exit (its own start-up and the 5 s delivery allowance
+    included), its exit status, and whether every agent had the file by then."""
+    key = "fleet-wait"
+    put = time.monotonic()
+    ctx.client("s3").put_object(Bucket=BUCKET, Key=key, Body=b"w" * OBJECT_SIZE)
+    command = [S3PULL, "fleet", "wait", "--key", f"s3://{BUCKET}/{key}", "--timeout", "300"]
+    waited = subprocess.run(
+        [*command, "--config", str(config)],
+        env=agent_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - put
+    every = all((directory / key).exists() for directory in directories)
+    return seconds, waited.returncode, every
