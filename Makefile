@@ -29,7 +29,7 @@ LOCALSTACK_TESTS := tests/test_agent.py tests/test_trigger.py tests/test_trust.p
 	tests/test_forbidden.py tests/test_logs.py tests/test_url_recipe.py
 
 test-localstack: $(STAMP)
-	tests/localstack/run $(BIN)/pytest -q -n $(TEST_WORKERS) $(LOCALSTACK_TESTS)
+	tests/localstack/run $(BIN)/pytest -q $(LOCALSTACK_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench
