@@ -15,8 +15,12 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/s3pull demo --serve
 
+# The tests mostly wait (moto, long polls, agents as child processes), so pytest-xdist runs
+# them in TEST_WORKERS processes, each with its own moto server. TEST_WORKERS=0: serially.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # The event path again on LocalStack (Python 3.13, installed into .localstack/ on first
 # use): the second emulator, whose events differ from moto's the way AWS's do.

@@ -26,7 +26,13 @@ AGENT_ENV.pop("NOTIFY_SOCKET", None)
 AGENT_ENV.pop("JOURNAL_STREAM", None)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+# The safety net of every wait below. Generous because `make test` runs the suite in
+# parallel workers on 2 shared cores, where starting an agent can take tens of seconds;
+# a passing test never waits for it.
+SAFETY_NET = 90.0
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = SAFETY_NET, what: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout.
 
     The timeout is a safety net against hangs, never the thing being measured.
@@ -189,7 +195,7 @@ class Agent:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for_log(self, text: str, timeout: float = 30.0, count: int = 1) -> None:
+    def wait_for_log(self, text: str, timeout: float = SAFETY_NET, count: int = 1) -> None:
         def seen() -> bool:
             if self.process.poll() is not None and self.log.count(text) < count:
                 pytest.fail(f"agent exited {self.process.returncode}:\n{self.log}")

@@ -219,7 +219,12 @@ def test_gc_removes_queues_of_vanished_or_silent_servers_only(
     tmp_path: Path, pipeline: Pipeline, sqs: Any, moto_endpoint: str
 ) -> None:
     ec2 = client(moto_endpoint, "ec2")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    # One named image: moto answers an unfiltered Owners=["amazon"] with its 1,300 AMIs, a
+    # listing that took 37-90 s of this test's time on a loaded 2-core machine.
+    images = ec2.describe_images(
+        Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-hvm-2.0.*-x86_64-gp2"]}]
+    )["Images"]
+    image = images[0]["ImageId"]
     live = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
     live_id, dead_id, silent_id = live["InstanceId"], "i-0deadbeefdeadbeef", None
     silent = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
