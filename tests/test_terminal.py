@@ -236,4 +236,4 @@ def test_run_quiet_says_errors_and_the_final_summary_only(
     # The start-up reconcile's totals and the last words; no "ready", no per-file line.
     assert len(lines) == 2, lines
     assert "reconciled 1 mirror(s)" in lines[0]
-    assert "stopped: in sync; 1 changes applied" in lines[1]
+    assert "stopped: in sync; 1 change applied" in lines[1]

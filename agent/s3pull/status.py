@@ -231,8 +231,8 @@ class Stats:
             else ""
         )
         return (
-            f"{phase}; {self.applied} changes applied, {self.refused} refused,"
-            f" {self.errors} errors{runs}{ago}"
+            f"{phase}; {_count(self.applied, 'change', 'changes')} applied,"
+            f" {self.refused} refused, {_count(self.errors, 'error', 'errors')}{runs}{ago}"
         )
 
     def snapshot(self, in_flight: int) -> dict[str, Any]:
