@@ -743,3 +743,75 @@ def test_filters_select_keys_below_the_prefix(
     [mirror] = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors
     assert [k for k in kept if not mirror.selects("assets/" + k)] == []
     assert [k for k in left_out if mirror.selects("assets/" + k)] == []
+
+
+# [[mirror]] keys on what is written and what follows a change (issue 15, items 2, 6, 7).
+
+
+def test_mirror_output_keys(tmp_path: Path) -> None:
+    doc = minimal()
+    doc["mirror"][0].update(
+        file_mode="0640",
+        dir_mode="750",
+        group="daemon",
+        max_bandwidth="50MB/s",
+        on_change=["/usr/bin/touch", "/run/acme/assets-changed"],
+        on_change_settle_seconds=0.5,
+    )
+    [m] = load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors
+    assert (m.file_mode, m.dir_mode, m.group, m.gid) == (0o640, 0o750, "daemon", 1)
+    assert m.max_bandwidth == 50_000_000
+    assert m.on_change == ("/usr/bin/touch", "/run/acme/assets-changed")
+    assert m.on_change_settle_seconds == 0.5
+    # Left out: what the agent always did, no cap, no hook.
+    [d] = load_config(write(tmp_path, to_toml(minimal())), NO_AWS_ENV).mirrors
+    assert (d.file_mode, d.dir_mode, d.group, d.gid) == (0o644, 0o755, "", None)
+    assert (d.max_bandwidth, d.on_change, d.on_change_settle_seconds) == (0, (), 2.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("50MB/s", 50_000_000),
+        ("10MiB/s", 10 * 1024**2),
+        ("512KiB/s", 512 * 1024),
+        ("1.5GB/s", 1_500_000_000),
+        ("2 kB/s", 2000),
+        ("1KiB/s", 1024),
+    ],
+)
+def test_bandwidth_units(tmp_path: Path, text: str, rate: int) -> None:
+    doc = minimal()
+    doc["mirror"][0]["max_bandwidth"] = text
+    assert load_config(write(tmp_path, to_toml(doc)), NO_AWS_ENV).mirrors[0].max_bandwidth == rate
+
+
+MIRROR_OUTPUT_INVALID = [
+    (put("mirror[0]", file_mode="644x"), "mirror[0].file_mode", "octal"),
+    (put("mirror[0]", file_mode="0o644"), "mirror[0].file_mode", "octal"),
+    (put("mirror[0]", file_mode="4755"), "mirror[0].file_mode", "octal"),
+    (put("mirror[0]", file_mode=644), "mirror[0].file_mode", "octal mode string"),
+    (put("mirror[0]", dir_mode="2775"), "mirror[0].dir_mode", "octal"),
+    (put("mirror[0]", dir_mode="0644"), "mirror[0].dir_mode", "owner"),
+    (put("mirror[0]", group="no-such-group-s3pull"), "mirror[0].group", "no group"),
+    (put("mirror[0]", max_bandwidth="fast"), "mirror[0].max_bandwidth", "rate"),
+    (put("mirror[0]", max_bandwidth="10Mbps"), "mirror[0].max_bandwidth", "rate"),
+    (put("mirror[0]", max_bandwidth="10MB"), "mirror[0].max_bandwidth", "rate"),
+    (put("mirror[0]", max_bandwidth="100B/s"), "mirror[0].max_bandwidth", "at least"),
+    (put("mirror[0]", max_bandwidth=50), "mirror[0].max_bandwidth", "rate"),
+    (put("mirror[0]", on_change=[]), "mirror[0].on_change", "non-empty"),
+    (put("mirror[0]", on_change="touch /x"), "mirror[0].on_change", "array"),
+    (put("mirror[0]", on_change=["", "x"]), "mirror[0].on_change[0]", "program"),
+    (put("mirror[0]", on_change_settle_seconds=-1), "mirror[0].on_change_settle_seconds", "0"),
+    (put("mirror[0]", on_change_settle_seconds="2"), "mirror[0].on_change_settle_seconds", "got"),
+    (put("mirror[0]", on_change_settle_seconds=True), "mirror[0].on_change_settle_seconds", "got"),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "word"),
+    MIRROR_OUTPUT_INVALID,
+    ids=[f"{c[1]}:{c[2]}" for c in MIRROR_OUTPUT_INVALID],
+)
+def test_invalid_mirror_output(tmp_path: Path, edit: Edit, key: str, word: str) -> None:
+    test_invalid(tmp_path, edit, key, word)

@@ -9,6 +9,7 @@ exit 78 with a message an operator can act on. Nothing is silently ignored.
 from __future__ import annotations
 
 import difflib
+import grp
 import ipaddress
 import os
 import re
@@ -127,10 +128,27 @@ class MirrorConfig(_Folder):
     # "skip" logs and counts it, "restore" asks S3 to restore it and fetches it on
     # ObjectRestore:Completed. Either way the message is acknowledged, never dead-lettered.
     archived: Archived = "skip"
+    # Files and directories written (issue 15): modes, and a group ("" = the agent's own).
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    group: str = ""
+    max_bandwidth: int = 0  # bytes per second over all this mirror's downloads; 0 = no cap
+    on_change: tuple[str, ...] = ()  # argv run once changes settle; () = none
+    on_change_settle_seconds: float = 2.0
 
     def selects(self, key: str) -> bool:
         """Whether the mirror keeps `key` (a key this mirror covers) by its filters."""
         return key_filter(self.include, self.exclude).selects(key[len(self.prefix) :])
+
+    @property
+    def gid(self) -> int | None:
+        """The id of ``group`` now (None when unset or since deleted from the system)."""
+        if not self.group:
+            return None
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +360,7 @@ def _mirror(t: _Table) -> MirrorConfig:
         max_delete=_max_delete(t, "max_delete"),
         reconcile_interval=_duration(t, "reconcile_interval"),
         archived=_archived(t, "archived"),
+        **_mirror_output(t),
     )
 
 
@@ -401,6 +420,95 @@ def _archived(t: _Table, name: str) -> Archived:
         if value == choice:
             return cast(Archived, choice)
     raise t.invalid(name, f'must be "skip" or "restore", got {value!r}')
+
+
+# [[mirror]] keys on what the mirror writes and what follows a change (issue 15).
+
+_MODE = re.compile(r"0?[0-7]{3}")
+_BANDWIDTH = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKMG]?i?B)/s\s*")
+_BANDWIDTH_UNITS = {
+    "B": 1,
+    "kB": 1000,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+}
+_SETTLE_MAX_SECONDS = 3600.0
+
+
+def _mirror_output(t: _Table) -> dict[str, Any]:
+    return {
+        "file_mode": _mode(t, "file_mode", 0o000),
+        # The agent (the owner) must be able to create and rename files in them.
+        "dir_mode": _mode(t, "dir_mode", 0o700),
+        "group": _group(t, "group"),
+        "max_bandwidth": _bandwidth(t, "max_bandwidth"),
+        "on_change": _command(t, "on_change") if "on_change" in t.data else (),
+        "on_change_settle_seconds": _seconds(t, "on_change_settle_seconds", _SETTLE_MAX_SECONDS),
+    }
+
+
+def _mode(t: _Table, name: str, owner_needs: int) -> int:
+    value = _present(t, name, str, 'an octal mode string like "0644"')
+    if value is None:
+        return _default(t, name, int)
+    if not _MODE.fullmatch(value):
+        # Set-id and sticky bits are refused too: the packaged service may not set them
+        # (RestrictSUIDSGID=yes), and a set-id bit on downloaded content is never wanted.
+        raise t.invalid(
+            name,
+            f'must be an octal permission mode of 3 digits like "0644" (0-7 each), got {value!r}',
+        )
+    mode = int(value, 8)
+    if mode & owner_needs != owner_needs:
+        raise t.invalid(
+            name,
+            f'must give the owner (the agent) rwx, like "0755" or "0750", got {value!r}:'
+            " the agent creates and renames files in these directories",
+        )
+    return mode
+
+
+def _group(t: _Table, name: str) -> str:
+    value = _str(t, name)
+    if value:
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise t.invalid(name, f"no group {value!r} on this system (see getent group)") from None
+    return value
+
+
+def _bandwidth(t: _Table, name: str) -> int:
+    value = _present(t, name, str, 'a rate like "50MB/s" or "10MiB/s"')
+    if value is None:
+        return 0
+    match = _BANDWIDTH.fullmatch(value)
+    if match is None or match[2] not in _BANDWIDTH_UNITS:
+        raise t.invalid(
+            name,
+            'must be a rate like "50MB/s", "512KiB/s" or "1GB/s" (B, kB, MB, GB, KiB, MiB,'
+            f" GiB per second), got {value!r}",
+        )
+    rate = int(float(match[1]) * _BANDWIDTH_UNITS[match[2]])
+    if rate < 1024:
+        raise t.invalid(name, f"must be at least 1KiB/s, got {value!r}")
+    return rate
+
+
+def _seconds(t: _Table, name: str, hi: float) -> float:
+    what = f"a number of seconds between 0 and {hi:g}"
+    if name not in t.data:
+        return float(_default(t, name, float))
+    value = t.data[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise t.invalid(name, f"must be {what}, got {_describe(value)}")
+    if not 0 <= value <= hi:
+        raise t.invalid(name, f"must be {what}, got {value}")
+    return float(value)
 
 
 def _trigger(t: _Table) -> TriggerConfig:
