@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, IncompleteReadError, ResponseStream
 
 from s3pull.aws import error_code, is_gone
 from s3pull.errors import S3PullError
-from s3pull.paths import AtomicWriter
+from s3pull.paths import DEFAULT_ATTRIBUTES, AtomicWriter, Attributes
 
 __all__ = [
     "GONE",
@@ -102,6 +102,7 @@ async def download(
     parts: tuple[str, ...],
     if_none_match: str | None = None,
     if_match: str | None = None,
+    attributes: Attributes = DEFAULT_ATTRIBUTES,
 ) -> Downloaded | str:
     """Make ``root/parts`` equal to ``s3://bucket/key``.
 
@@ -111,7 +112,8 @@ async def download(
     the caller listed the object cannot slip in, and ``VersionChanged`` is raised when
     the object changed or is gone. Raises ``UnsafeKey`` when a symlink or directory
     stands in the way, ``IntegrityError`` on a short or corrupt body,
-    ``ClientError``/``OSError`` otherwise.
+    ``ClientError``/``OSError`` otherwise. The file gets ``attributes`` (mode, group)
+    before it appears.
     """
     request: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if if_none_match:
@@ -139,7 +141,7 @@ async def download(
                 return GONE
             raise
         try:
-            return await _write_body(response, key, root, parts)
+            return await _write_body(response, key, root, parts, attributes)
         except RETRIED_BODY_ERRORS as exc:
             if attempt == BODY_ATTEMPTS:
                 raise
@@ -148,14 +150,18 @@ async def download(
 
 
 async def _write_body(
-    response: dict[str, Any], key: str, root: Path, parts: tuple[str, ...]
+    response: dict[str, Any],
+    key: str,
+    root: Path,
+    parts: tuple[str, ...],
+    attributes: Attributes,
 ) -> Downloaded:
     async with response["Body"] as body:
         expected_size = int(response["ContentLength"])
         expected_md5 = _md5_expected(response)
         digest = hashlib.md5(usedforsecurity=False) if expected_md5 else None
         modified = mtime_ns(response["LastModified"])
-        with AtomicWriter(root, parts, key) as writer:
+        with AtomicWriter(root, parts, key, attributes) as writer:
             async for chunk in body.iter_chunks(CHUNK_SIZE):
                 writer.write(chunk)
                 if digest is not None:

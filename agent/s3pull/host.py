@@ -6,13 +6,18 @@ learn what the service will find. Changes nothing on disk.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 from pathlib import Path
+from typing import Final
 
 from s3pull.config import Config
 
-__all__ = ["host_problems", "writable_problem"]
+__all__ = ["SERVICE_USER", "host_problems", "writable_problem"]
+
+SERVICE_USER: Final = "s3pull"  # the packaged service's User= (packaging/systemd)
 
 
 def host_problems(config: Config) -> list[str]:
@@ -25,6 +30,8 @@ def host_problems(config: Config) -> list[str]:
     for mirror in config.mirrors:
         if (problem := writable_problem(mirror.directory)) is not None:
             problems.append(f"mirror {mirror.name}: {mirror.directory}: {problem}")
+        if mirror.group and (problem := _group_problem(mirror.group)) is not None:
+            problems.append(f"mirror {mirror.name}: group {mirror.group}: {problem}")
     for trigger in config.triggers:
         if (problem := writable_problem(trigger.directory)) is not None:
             problems.append(f"trigger {trigger.name}: {trigger.directory}: {problem}")
@@ -47,6 +54,32 @@ def writable_problem(directory: Path) -> str | None:
         what = "is not writable" if existing == directory else f"cannot be created in {existing}"
         return f"{what} by {_user()}"
     return None
+
+
+def _group_problem(group: str) -> str | None:
+    """Can the agent give files ``group``? Without CAP_CHOWN, only a member of the group
+    may (chown(2)). As root, which always may, the packaged service user is asked about
+    instead, since that is who the service runs as."""
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        return "no such group on this system"
+    if os.geteuid() != 0:
+        if entry.gr_gid == os.getegid() or entry.gr_gid in os.getgroups():
+            return None
+        user = _user()
+    else:
+        try:
+            service = pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+            return None  # not the packaged service: root itself may chown
+        if service.pw_gid == entry.gr_gid or SERVICE_USER in entry.gr_mem:
+            return None
+        user = SERVICE_USER
+    return (
+        f"{user} is not a member, so it cannot give files this group; add it with"
+        f" `usermod -a -G {group} {user}`, then restart the service"
+    )
 
 
 def _runnable(program: str) -> str | None:

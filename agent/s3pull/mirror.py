@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,13 @@ from s3pull.events import ObjectChange
 from s3pull.ledger import Entry, Ledger
 from s3pull.logfields import SUMMARY, journal_fields
 from s3pull.paths import (
+    Attributes,
     is_folder_placeholder,
     is_utf8,
     local_stat,
     remove_file,
+    repair_attributes,
+    repair_directory_attributes,
     safe_parts,
     shown_name,
 )
@@ -52,6 +56,7 @@ Outcome = Literal[
     "deleted",  # the object is gone and so is the file now
     "absent",  # the object is gone and there was no file
     "kept",  # the object is gone but the mirror does not mirror deletions
+    "attributes",  # the file was right but its mode or group was not: put back
     "stale",  # an older event than one already applied: skipped
     "placeholder",  # a "folder/" key: nothing to write
     "refused",  # an unsafe key (or a real file/directory collision): never written
@@ -105,6 +110,14 @@ def file_matches(entry: Entry | None, st: os.stat_result | None) -> bool:
     )
 
 
+def _is_directory(path: Path) -> bool:
+    """A real directory (not a symlink to one) at ``path``."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _confirmed_sequencer(event: ObjectChange | None, served_etag: str | None) -> str | None:
     """The event's sequencer, when S3 just served the version the event names (its ETag);
     otherwise None. Only a confirmed event may make older ones skippable."""
@@ -137,6 +150,8 @@ class Mirror:
         # Archived keys already logged: once per key, however often events or reconciles
         # meet them (they are still counted every time).
         self._archived_logged: set[str] = set()
+        # The group is looked up once per serve: a reload looks again.
+        self.attributes = Attributes(config.file_mode, config.dir_mode, config.gid)
 
     @property
     def s3(self) -> Any:
@@ -310,13 +325,18 @@ class Mirror:
         if not self.config.selects(key):
             return None  # the filters leave it out: whatever happens to it is not ours
         started = time.monotonic()
+        if _is_directory(path):
+            return self._repair_directory(key)
         try:
             parts = self.parts(key)
             st = local_stat(self.config.directory, parts, key)
         except UnsafeKey:
             return None
         entry = self._ledger.get(self.name, key)
-        if file_matches(entry, st) or (st is None and (entry is None or not entry.present)):
+        if file_matches(entry, st):
+            # The right bytes; a chmod or chgrp is put back without a download.
+            return self.repair_attributes(key, parts, "local drift", started)
+        if st is None and (entry is None or not entry.present):
             return None
         if await self.exists_in_s3(key):
             applied = await self.fetch(key, parts)
@@ -326,6 +346,32 @@ class Mirror:
         else:
             return None
         self.report_applied(key, applied, "local drift", started)
+        return applied
+
+    def _repair_directory(self, key: str) -> Applied | None:
+        """A directory below ours changed: put back its mode and group (a chmod)."""
+        started = time.monotonic()
+        try:
+            parts = self.parts(key)
+            wrong = repair_directory_attributes(self.config.directory, parts, key, self.attributes)
+        except UnsafeKey:
+            return None
+        if wrong is None:
+            return None
+        applied = Applied("attributes")
+        self.report_applied(key + "/", applied, f"local drift: {wrong}", started)
+        return applied
+
+    def repair_attributes(
+        self, key: str, parts: tuple[str, ...], how: str, started: float
+    ) -> Applied | None:
+        """Put back the mode and group of a file whose content is right (and of the
+        directories on its way); report it. None when nothing was wrong."""
+        wrong = repair_attributes(self.config.directory, parts, key, self.attributes)
+        if wrong is None:
+            return None
+        applied = Applied("attributes")
+        self.report_applied(key, applied, f"{how}: {wrong}", started)
         return applied
 
     async def _apply(self, change: ObjectChange) -> Applied:
@@ -397,6 +443,7 @@ class Mirror:
                 parts,
                 if_none_match=current,
                 if_match=if_match,
+                attributes=self.attributes,
             )
         except ClientError as exc:
             if error_code(exc) != "InvalidObjectState":
@@ -411,6 +458,9 @@ class Mirror:
             # that version too and brings a sequencer of its own.
             bar = _confirmed_sequencer(event, entry.etag) or entry.sequencer
             self._ledger.record_present(self.name, key, entry.etag, entry.size, entry.mtime_ns, bar)
+            # Unchanged bytes, but a mode or group changed by hand is put back all the same.
+            if repair_attributes(self.config.directory, parts, key, self.attributes):
+                return Applied("attributes")
             return Applied("unchanged")
         assert isinstance(result, Downloaded)
         self._ledger.record_present(

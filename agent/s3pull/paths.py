@@ -15,21 +15,26 @@ import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from s3pull.errors import PathCollision, UnsafeKey
 
 __all__ = [
+    "DEFAULT_ATTRIBUTES",
     "DIR_FLAGS",
     "TEMP_PREFIX",
     "AtomicWriter",
+    "Attributes",
     "ensure_directory",
     "is_folder_placeholder",
     "is_utf8",
     "local_stat",
     "named",
     "remove_file",
+    "repair_attributes",
+    "repair_directory_attributes",
     "safe_parts",
     "shown_name",
 ]
@@ -43,6 +48,40 @@ PATH_MAX = 4096  # bytes for a whole path
 
 # Open a directory below the root: never through a symlink.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """Mode and group of what a mirror writes: files, and directories it creates.
+
+    Always set through a descriptor (fchmod/fchown), never by path: a name can be
+    swapped for a symlink between a check and a chmod, a descriptor cannot.
+    """
+
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    gid: int | None = None  # None: whatever group the agent creates them with
+
+    def differ(self, st: os.stat_result, directory: bool = False) -> str | None:
+        """What is wrong with ``st`` (mode, group) in words; None when it is right."""
+        wanted = self.dir_mode if directory else self.file_mode
+        wrong = []
+        if stat.S_IMODE(st.st_mode) != wanted:
+            wrong.append(f"mode {stat.S_IMODE(st.st_mode):04o}, not {wanted:04o}")
+        if self.gid is not None and st.st_gid != self.gid:
+            wrong.append(f"group {st.st_gid}, not {self.gid}")
+        return ", ".join(wrong) or None
+
+    def apply(self, fd: int, directory: bool = False) -> None:
+        """Give the file or directory open at ``fd`` its mode and group. The group first:
+        chown may clear set-id bits, and a mode is only right once the group is."""
+        if self.gid is not None:
+            os.fchown(fd, -1, self.gid)
+        # fchmod, unlike open() and mkdir(), ignores the umask: the mode is exactly this.
+        os.fchmod(fd, self.dir_mode if directory else self.file_mode)
+
+
+DEFAULT_ATTRIBUTES = Attributes()
 
 
 def is_folder_placeholder(key: str) -> bool:
@@ -101,24 +140,46 @@ def _naming(path: Path | str) -> Iterator[None]:
 
 
 def _open_child_dir(
-    parent_fd: int, name: str, key: str, create: bool, here: tuple[str, ...], path: Path
+    parent_fd: int,
+    name: str,
+    key: str,
+    create: bool,
+    here: tuple[str, ...],
+    path: Path,
+    attributes: Attributes = DEFAULT_ATTRIBUTES,
 ) -> int | None:
     """Open directory ``name`` (at ``here`` below the root, ``path`` in full) below
     ``parent_fd`` without following symlinks. Returns None when it does not exist and
-    ``create`` is false.
+    ``create`` is false. A directory made here gets ``attributes`` (dir_mode, group).
     """
+    made = False
     for _ in range(2):  # a second pass covers a concurrent mkdir of the same directory
         try:
-            return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
             if not create:
                 return None
-            with suppress(FileExistsError), _naming(path):
-                os.mkdir(name, 0o755, dir_fd=parent_fd)
+            try:
+                # Owner-only until its mode and group are set: nobody else may look in
+                # before the group it is meant for is in place.
+                with _naming(path):
+                    os.mkdir(name, 0o700, dir_fd=parent_fd)
+                made = True
+            except FileExistsError:
+                pass
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise _not_a_directory(parent_fd, name, key, here) from None
             raise named(exc, path) from None
+        else:
+            if made:
+                try:
+                    with _naming(path):
+                        attributes.apply(fd, directory=True)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            return fd
     with _naming(path):
         return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
 
@@ -141,7 +202,14 @@ def _not_a_directory(parent_fd: int, name: str, key: str, here: tuple[str, ...])
 class _Walk:
     """File descriptors of every directory from the root down to a key's parent."""
 
-    def __init__(self, root: Path, parts: tuple[str, ...], key: str, create: bool) -> None:
+    def __init__(
+        self,
+        root: Path,
+        parts: tuple[str, ...],
+        key: str,
+        create: bool,
+        attributes: Attributes = DEFAULT_ATTRIBUTES,
+    ) -> None:
         self._stack = ExitStack()
         self.fds: list[int] = []
         self.complete = False
@@ -154,7 +222,9 @@ class _Walk:
                 return  # no directory yet, so no file either
             for depth, name in enumerate(parts[:-1], start=1):
                 here = parts[:depth]
-                fd = _open_child_dir(self.fds[-1], name, key, create, here, root.joinpath(*here))
+                fd = _open_child_dir(
+                    self.fds[-1], name, key, create, here, root.joinpath(*here), attributes
+                )
                 if fd is None:
                     return
                 self._push(fd)
@@ -229,10 +299,58 @@ def local_stat(root: Path, parts: tuple[str, ...], key: str) -> os.stat_result |
         return _final_stat(walk.parent_fd, parts, key)
 
 
-def ensure_directory(root: Path, parts: tuple[str, ...], key: str) -> Path:
+def ensure_directory(
+    root: Path, parts: tuple[str, ...], key: str, attributes: Attributes = DEFAULT_ATTRIBUTES
+) -> Path:
     """Create ``root/parts`` as real directories (never through a symlink); return it."""
-    with _Walk(root, (*parts, ""), key, create=True):
+    with _Walk(root, (*parts, ""), key, create=True, attributes=attributes):
         return root.joinpath(*parts)
+
+
+def repair_directory_attributes(
+    root: Path, parts: tuple[str, ...], key: str, attributes: Attributes
+) -> str | None:
+    """``repair_attributes`` for the directory ``root/parts`` and those above it."""
+    wrong: list[str] = []
+    with _Walk(root, (*parts, ""), key, create=False) as walk:
+        for depth, fd in enumerate(walk.fds[1:], start=1):
+            if problem := attributes.differ(os.fstat(fd), directory=True):
+                attributes.apply(fd, directory=True)
+                wrong.append(f"{'/'.join(parts[:depth])}/: {problem}")
+    return "; ".join(wrong) or None
+
+
+def repair_attributes(
+    root: Path, parts: tuple[str, ...], key: str, attributes: Attributes
+) -> str | None:
+    """Put back the mode and group of the file a key maps to, and of the directories
+    between it and ``root`` (not ``root`` itself: that is the operator's). Returns what
+    was wrong, in words, or None when all was right (or there is no file). Raises
+    UnsafeKey when a symlink or directory stands at the file's name.
+    """
+    wrong: list[str] = []
+    with _Walk(root, parts, key, create=False) as walk:
+        if not walk.complete:
+            return None
+        for depth, fd in enumerate(walk.fds[1:], start=1):
+            if problem := attributes.differ(os.fstat(fd), directory=True):
+                attributes.apply(fd, directory=True)
+                wrong.append(f"{'/'.join(parts[:depth])}/: {problem}")
+        if _final_stat(walk.parent_fd, parts, key) is None:
+            return "; ".join(wrong) or None
+        # O_NONBLOCK: a FIFO swapped in since the check must not hang the open.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(parts[-1], flags, dir_fd=walk.parent_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeKey(key, f"{parts[-1]!r} is not a regular file")
+            if problem := attributes.differ(st):
+                attributes.apply(fd)
+                wrong.append(problem)
+        finally:
+            os.close(fd)
+    return "; ".join(wrong) or None
 
 
 def remove_file(root: Path, parts: tuple[str, ...], key: str) -> bool:
@@ -269,8 +387,14 @@ class AtomicWriter:
     Leaving the ``with`` block without ``commit()`` removes the temporary file.
     """
 
-    def __init__(self, root: Path, parts: tuple[str, ...], key: str) -> None:
-        self._walk = _Walk(root, parts, key, create=True)
+    def __init__(
+        self,
+        root: Path,
+        parts: tuple[str, ...],
+        key: str,
+        attributes: Attributes = DEFAULT_ATTRIBUTES,
+    ) -> None:
+        self._walk = _Walk(root, parts, key, create=True, attributes=attributes)
         self._name = parts[-1]
         self._parts = parts
         self._key = key
@@ -295,10 +419,18 @@ class AtomicWriter:
                 self._fd = os.open(
                     self.temp_name,
                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o644,
+                    0o600,  # until its mode and group are set, a moment later
                     dir_fd=self._walk.parent_fd,
                 )
+                # Before a byte is written and long before the rename: the file appears
+                # under its name with its mode and group already right (an overwrite
+                # keeps them).
+                attributes.apply(self._fd)
         except BaseException:
+            if self._fd is not None:  # made, but its mode or group could not be set
+                os.close(self._fd)
+                self._fd = None
+                self._unlink_temp()
             self._walk.close()
             raise
 

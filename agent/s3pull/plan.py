@@ -25,7 +25,7 @@ from s3pull.errors import UnsafeKey
 from s3pull.guard import held_back_reason
 from s3pull.mirror import ARCHIVED_STORAGE_CLASSES, Applied, Mirror, file_matches
 from s3pull.paths import is_folder_placeholder, local_stat, shown_name
-from s3pull.walk import walk_files
+from s3pull.walk import repair_directories, walk_files
 
 __all__ = [
     "PLAN_STEP",
@@ -75,6 +75,8 @@ class ReconcilePlan:
     adopted: list[RemoteObject] = field(default_factory=list)  # up to date, not in the ledger
     # Archived and archived = "skip": never fetched (a GET would fail), never deleted.
     archived: list[RemoteObject] = field(default_factory=list)
+    # (key, path parts) of files with the right bytes but a wrong mode or group.
+    attributes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     up_to_date: int = 0
     under: str = ""  # the prefix the listing covered
     excluded: int = 0  # listed objects the mirror's include/exclude filters leave out
@@ -161,6 +163,9 @@ async def plan(
             planned.archived.append(obj)
         else:
             planned.downloads.append((obj, parts))
+            continue
+        if st is not None and mirror.attributes.differ(st):
+            planned.attributes.append((obj.key, parts))
     if mirror.config.delete:
         for counted, (relative, _st) in enumerate(walk_files(directory), start=1):
             if counted % PLAN_STEP == 0:
@@ -179,6 +184,31 @@ async def plan(
         if reason is not None and not allow_mass_delete:
             planned.held_back = reason
     return planned
+
+
+async def _repair_attributes(
+    mirror: Mirror,
+    plan: ReconcilePlan,
+    held: Callable[[str], AbstractAsyncContextManager[None]],
+) -> None:
+    """Put back modes and groups changed by hand, without a download: directories
+    first (a walk, off the loop), then the files the plan found."""
+    directory = mirror.config.directory
+    try:
+        fixed = await asyncio.to_thread(repair_directories, directory, mirror.attributes)
+    except OSError as exc:
+        log.error("%s: could not set the mode or group of a directory: %s", mirror.name, exc)
+        fixed = []
+    for relative in fixed:
+        log.info("%s: put back the mode and group of directory %s", mirror.name, relative)
+    for counted, (key, parts) in enumerate(plan.attributes, start=1):
+        if counted % PLAN_STEP == 0:
+            await asyncio.sleep(0)
+        try:
+            async with held(key):
+                mirror.repair_attributes(key, parts, "reconcile", time.monotonic())
+        except (UnsafeKey, OSError) as exc:  # swapped or unreadable since the plan
+            log.error("%s: could not set the mode or group of %s: %s", mirror.name, key, exc)
 
 
 async def execute(
@@ -243,6 +273,7 @@ async def execute(
                 on_progress(obj.size)
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, work.qsize())))))
+    await _repair_attributes(mirror, plan, held)
     # The listing is S3's word on every key it covered: no sequencer an event left
     # behind may make a later event stale any more.
     mirror.ledger.reset_sequencers(mirror.name, plan.under)

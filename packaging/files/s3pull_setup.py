@@ -11,6 +11,7 @@ apply-config   install the configuration from SSM Parameter Store when it is val
 from __future__ import annotations
 
 import argparse
+import grp
 import os
 import pwd
 import re
@@ -121,6 +122,38 @@ def create_directories(config: Config) -> None:
             print(f"s3pull: warning: user {USER} cannot write {path}", file=sys.stderr)
 
 
+def missing_groups(config: Config) -> list[str]:
+    """The mirrors' groups the service user is not a member of (it could not give files
+    that group: chown(2) without CAP_CHOWN takes membership)."""
+    user = pwd.getpwnam(USER)
+    missing = []
+    for group in dict.fromkeys(m.group for m in config.mirrors if m.group):
+        try:
+            entry = grp.getgrnam(group)
+        except KeyError:
+            continue  # the configuration check already refused it
+        if entry.gr_gid != user.pw_gid and USER not in entry.gr_mem:
+            missing.append(group)
+    return missing
+
+
+def warn_missing_groups(config: Config) -> None:
+    """Say how to add the service user to a mirror's group, but never do it here.
+
+    Joining a group is a grant of rights, and the configuration may come from SSM
+    Parameter Store (apply-config): whoever may write that parameter must not be able to
+    put the agent, and every trigger command it runs, in `disk`, `shadow` or `sudo`.
+    So an administrator runs the one command, having read which group it is.
+    """
+    for group in missing_groups(config):
+        print(
+            f"s3pull: warning: user {USER} is not a member of group {group}, which a mirror"
+            f" gives its files; as root: usermod -a -G {group} {USER} && systemctl restart"
+            f" {SERVICE}",
+            file=sys.stderr,
+        )
+
+
 def systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir()
 
@@ -132,6 +165,7 @@ def systemctl(*args: str) -> None:
 def site_paths(config: Config) -> bool:
     """Write the drop-in and create the directories; True when the drop-in changed."""
     create_directories(config)
+    warn_missing_groups(config)
     changed = write_if_changed(DROP_IN, drop_in_text(config))
     print(f"s3pull: {'wrote' if changed else 'unchanged:'} {DROP_IN}")
     if changed and systemd_running():

@@ -176,3 +176,11 @@ def test_document_shell_step_takes_parameters_from_the_environment() -> None:
             spec = document["parameters"][name]
             assert spec.get("interpolationType") == "ENV_VAR"
             assert f"$SSM_{name}" in script or f"${{SSM_{name}" in script
+
+
+def test_the_agent_may_fchown_to_a_mirrors_group(service: dict[str, list[str]]) -> None:
+    # `group` is set with fchown(fd, -1, gid): no capability, but @privileged holds
+    # @chown, so the filter must put it back after taking @privileged away.
+    filters = service["SystemCallFilter"]
+    denied = next(i for i, f in enumerate(filters) if f.startswith("~") and "@privileged" in f)
+    assert "@chown" in [f for f in filters[denied + 1 :] if not f.startswith("~")]

@@ -165,3 +165,26 @@ def test_systemd_reads_back_exactly_the_configured_directory(tmp_path: Path) -> 
     result = verify(unit_directory(tmp_path, text))
     read_back = re.findall(r"ReadWritePaths= path is not normalized, ignoring: (.*)", result.stderr)
     assert read_back == directories, result.stderr
+
+
+def test_site_paths_says_how_to_add_the_service_user_to_a_mirrors_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A group is a grant of rights, and the configuration may come from Parameter Store:
+    # site-paths names the command but never runs it (issue 15, item 2).
+    path = write_config(tmp_path, [str(tmp_path / "web"), str(tmp_path / "mine")])
+    text = path.read_text().replace('name = "m0"', 'name = "m0"\ngroup = "daemon"')
+    path.write_text(text.replace('name = "m1"', 'name = "m1"\ngroup = "nogroup"'))
+    setup = load_setup_module()
+    monkeypatch.setattr(setup, "USER", "nobody")  # the packaged user's stand-in: in nogroup
+    monkeypatch.setattr(setup, "CONFIG", path)
+    monkeypatch.setattr(setup, "DROP_IN", tmp_path / "s3pull.service.d" / "50-site-paths.conf")
+    monkeypatch.setattr(setup, "systemd_running", lambda: False)
+    assert setup.main(["site-paths"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "s3pull: warning: user nobody is not a member of group daemon, which a mirror gives"
+        " its files; as root: usermod -a -G daemon nobody && systemctl restart s3pull.service"
+    ) in err
+    assert "group nogroup" not in err  # its primary group
+    assert "nobody" not in Path("/etc/group").read_text().split("daemon:", 1)[1].split("\n")[0]
