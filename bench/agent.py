@@ -27,6 +27,7 @@ class MirrorSpec:
     bucket: str
     prefix: str
     directory: Path
+    max_bandwidth: str = ""  # "" = no cap
 
 
 def agent_env() -> dict[str, str]:
@@ -77,6 +78,8 @@ def write_config(
             f"prefix = {json.dumps(mirror.prefix)}",
             f"directory = {json.dumps(str(mirror.directory))}",
         ]
+        if mirror.max_bandwidth:
+            lines.append(f"max_bandwidth = {json.dumps(mirror.max_bandwidth)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -81,14 +81,19 @@ class Toolbox:
     # -- commands --------------------------------------------------------------------
 
     def s3pull_sync(
-        self, target: Target, directory: Path, state: Path, prefix: str = ""
+        self,
+        target: Target,
+        directory: Path,
+        state: Path,
+        prefix: str = "",
+        max_bandwidth: str = "",
     ) -> list[str]:
         config = write_config(
             state.with_suffix(".toml"),
             target.endpoint,
             target.queue_url,
             state,
-            [MirrorSpec(target.bucket, prefix, directory)],
+            [MirrorSpec(target.bucket, prefix, directory, max_bandwidth)],
         )
         return [S3PULL, "sync", "--config", str(config)]
 

@@ -76,6 +76,7 @@ class Daemon:
         self._next_config: Config | None = None
         self._metrics_served = False
         self._deprovision_on_exit = False
+        self._mirrors: list[Mirror] = []
 
     def _new_dispatcher(self) -> Dispatcher:
         # Until the queue policy is read, only what the configuration names is trusted.
@@ -184,6 +185,7 @@ class Daemon:
             Mirror(m, clients.s3, ledger, self.recorder, self.repeats) for m in self.config.mirrors
         ]
         self.stats.forget_mirrors_except({m.name for m in mirrors})
+        self._mirrors = mirrors
         triggers = [
             Trigger(
                 t,
@@ -457,6 +459,9 @@ class Daemon:
 
     def _write_status(self) -> None:
         in_flight = self.dispatcher.in_flight
+        self.stats.bandwidth = {
+            m.name: m.limiter.report() for m in self._mirrors if m.limiter is not None
+        }
         self.metrics.in_flight.set(in_flight)
         try:
             write_snapshot(self.config.agent.state_directory, self.stats.snapshot(in_flight))

@@ -19,6 +19,7 @@ import aiohttp
 from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
 
 from s3pull.aws import error_code, is_gone
+from s3pull.bandwidth import TokenBucket
 from s3pull.errors import S3PullError
 from s3pull.paths import DEFAULT_ATTRIBUTES, AtomicWriter, Attributes
 
@@ -103,6 +104,7 @@ async def download(
     if_none_match: str | None = None,
     if_match: str | None = None,
     attributes: Attributes = DEFAULT_ATTRIBUTES,
+    limiter: TokenBucket | None = None,
 ) -> Downloaded | str:
     """Make ``root/parts`` equal to ``s3://bucket/key``.
 
@@ -113,7 +115,7 @@ async def download(
     the object changed or is gone. Raises ``UnsafeKey`` when a symlink or directory
     stands in the way, ``IntegrityError`` on a short or corrupt body,
     ``ClientError``/``OSError`` otherwise. The file gets ``attributes`` (mode, group)
-    before it appears.
+    before it appears; ``limiter`` paces the body's bytes.
     """
     request: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if if_none_match:
@@ -141,7 +143,7 @@ async def download(
                 return GONE
             raise
         try:
-            return await _write_body(response, key, root, parts, attributes)
+            return await _write_body(response, key, root, parts, attributes, limiter)
         except RETRIED_BODY_ERRORS as exc:
             if attempt == BODY_ATTEMPTS:
                 raise
@@ -155,6 +157,7 @@ async def _write_body(
     root: Path,
     parts: tuple[str, ...],
     attributes: Attributes,
+    limiter: TokenBucket | None,
 ) -> Downloaded:
     async with response["Body"] as body:
         expected_size = int(response["ContentLength"])
@@ -163,6 +166,10 @@ async def _write_body(
         modified = mtime_ns(response["LastModified"])
         with AtomicWriter(root, parts, key, attributes) as writer:
             async for chunk in body.iter_chunks(CHUNK_SIZE):
+                if limiter is not None:
+                    # Paced as it is read: the socket's buffers fill meanwhile and TCP
+                    # slows the sender down, so the cap holds on the wire too.
+                    await limiter.take(len(chunk))
                 writer.write(chunk)
                 if digest is not None:
                     digest.update(chunk)

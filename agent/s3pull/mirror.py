@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 from botocore.exceptions import ClientError
 
 from s3pull.aws import error_code, is_gone
+from s3pull.bandwidth import TokenBucket
 from s3pull.config import MirrorConfig
 from s3pull.download import GONE, NOT_MODIFIED, Downloaded, download
 from s3pull.errors import PathCollision, S3PullError, UnsafeKey
@@ -152,6 +153,7 @@ class Mirror:
         self._archived_logged: set[str] = set()
         # The group is looked up once per serve: a reload looks again.
         self.attributes = Attributes(config.file_mode, config.dir_mode, config.gid)
+        self.limiter = TokenBucket(config.max_bandwidth) if config.max_bandwidth else None
 
     @property
     def s3(self) -> Any:
@@ -444,6 +446,7 @@ class Mirror:
                 if_none_match=current,
                 if_match=if_match,
                 attributes=self.attributes,
+                limiter=self.limiter,
             )
         except ClientError as exc:
             if error_code(exc) != "InvalidObjectState":

@@ -180,6 +180,11 @@ def _status_rows(
                 f" e.g. '{archived['examples'][0]}'",
             )
         )
+    for mirror, cap in sorted(snapshot.get("bandwidth", {}).items()):
+        print(
+            f"  bandwidth     {mirror}: capped at {cap['limit_bytes_per_second']} bytes/s,"
+            f" {cap['bytes']} bytes so far, {cap['waited_seconds']:.1f} s spent waiting"
+        )
     for run in snapshot.get("trigger_runs", [])[-5:]:
         rows.append(
             (

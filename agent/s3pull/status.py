@@ -56,6 +56,8 @@ class Stats:
     trigger_runs: int = 0
     trigger_failures: int = 0
     empty_batches: int = 0  # commands run on a batch with no files
+    # Mirror -> its max_bandwidth limiter's report (bandwidth.TokenBucket.report).
+    bandwidth: dict[str, dict[str, float | int]] = field(default_factory=dict)
     phase: str = "starting"
     started_at: float = field(default_factory=_now)
     last_change_at: float | None = None
@@ -252,6 +254,7 @@ class Stats:
                 "empty_batches": self.empty_batches,
                 "results_unwritten": self.results_unwritten,
             },
+            "bandwidth": dict(self.bandwidth),
             "lag_seconds": self.lag_seconds,
             "last_change_at": self.last_change_at,
             "last_changes": {mirror: list(h) for mirror, h in self.last_changes.items()},
