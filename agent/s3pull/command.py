@@ -55,12 +55,14 @@ async def run_command(
     seconds: float,
     tag: str,
     on_line: OnLine | None = None,
+    stdin: bytes | None = None,
 ) -> int:
     """Run ``argv`` (no shell) in ``cwd``; return its exit status.
 
     Raises TimeoutError once the process group is stopped after ``seconds``. Its
     output is logged line by line under ``tag``, and handed to ``on_line`` too (a
-    trigger's result keeps it).
+    trigger's result keeps it). ``stdin``, when given, is its standard input (else
+    /dev/null); a command that does not read it all is not waited for.
     """
     # No shell: argv exactly as configured. A session of its own makes the command the
     # leader of a process group, so a timeout can stop everything it started.
@@ -68,7 +70,7 @@ async def run_command(
         *argv,
         cwd=cwd,
         env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
@@ -79,6 +81,11 @@ async def run_command(
         asyncio.create_task(_relay(process.stdout, tag, "stdout", on_line)),
         asyncio.create_task(_relay(process.stderr, tag, "stderr", on_line)),
     ]
+    if stdin is not None:
+        assert process.stdin is not None
+        # Fed beside the wait, not before it: a pipe holds 64 KiB, and a command may
+        # write a lot of output before it reads.
+        relays.append(asyncio.create_task(_feed(process.stdin, stdin)))
     try:
         code = await asyncio.wait_for(process.wait(), seconds)
         group.leader_reaped = True
@@ -108,6 +115,15 @@ async def run_command(
         _done, pending = await asyncio.wait(relays, timeout=1.0)
         for relay in pending:
             relay.cancel()
+
+
+async def _feed(stream: asyncio.StreamWriter, data: bytes) -> None:
+    try:
+        stream.write(data)
+        await stream.drain()
+        stream.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it exited, or closed its input, without reading everything: its choice
 
 
 async def _relay(stream: asyncio.StreamReader, tag: str, name: str, on_line: OnLine | None) -> None:

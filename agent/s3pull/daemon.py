@@ -26,6 +26,7 @@ from s3pull.logfields import SUMMARY
 from s3pull.metrics import Metrics, Recorder
 from s3pull.mirror import Mirror
 from s3pull.notify import Notifier
+from s3pull.onchange import OnChange
 from s3pull.provision import OwnQueue, is_missing_queue, missing_queue_advice
 from s3pull.publish import StatePublisher
 from s3pull.reconcile import bootstrap
@@ -181,8 +182,17 @@ class Daemon:
         return Results(s3, bucket, folder, instance, self.recorder)
 
     async def _serve(self, clients: Clients, ledger: Ledger, own: OwnQueue) -> None:
+        hooks = {m.name: OnChange(m, self.recorder) for m in self.config.mirrors if m.on_change}
         mirrors = [
-            Mirror(m, clients.s3, ledger, self.recorder, self.repeats) for m in self.config.mirrors
+            Mirror(
+                m,
+                clients.s3,
+                ledger,
+                self.recorder,
+                self.repeats,
+                on_changed=hooks[m.name].note if m.name in hooks else None,
+            )
+            for m in self.config.mirrors
         ]
         self.stats.forget_mirrors_except({m.name for m in mirrors})
         self._mirrors = mirrors
@@ -202,6 +212,9 @@ class Daemon:
             self._metrics_served = True
         # The tick runs from the start, so systemd hears from a long bootstrap.
         helpers = [asyncio.create_task(self._tick(), name="tick")]
+        # For this serve only: a reload (or stop) cancels them with the other helpers,
+        # stopping a command still running like a trigger's.
+        helpers += [asyncio.create_task(hook.run_forever()) for hook in hooks.values()]
         self._set_phase("bootstrapping")
         # The queue must exist and be subscribed before the reconcile lists S3: changes
         # made while the listing runs then wait in the queue instead of falling into a gap.

@@ -76,6 +76,12 @@ class Metrics:
             ["mirror"],
             registry=r,
         )
+        self.on_change_runs = Counter(
+            "s3pull_on_change_runs",
+            "Mirror on_change command runs, by result (succeeded, failed, timed-out).",
+            ["mirror", "result"],
+            registry=r,
+        )
         self.in_flight = Gauge("s3pull_messages_in_flight", "Messages being worked on.", registry=r)
 
     def serve(self, config: MetricsConfig) -> None:
@@ -156,6 +162,13 @@ class Recorder:
 
     def reconcile_scheduled(self, mirror: str, interval: float, next_at: float | None) -> None:
         self.stats.reconcile_schedule(mirror, interval, next_at)
+
+    def on_change_done(self, mirror: str, result: str, paths: int) -> None:
+        """A mirror's on_change command ran; a failure also counts as an error."""
+        self.stats.on_change(mirror, result, paths)
+        self.metrics.on_change_runs.labels(mirror, result).inc()
+        if result != "succeeded":
+            self.error("on_change", f"{mirror}: on_change {result}")
 
     def lag(self, seconds: float) -> None:
         """From a message's SentTimestamp to its change applied."""

@@ -11,9 +11,10 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -127,6 +128,10 @@ def _confirmed_sequencer(event: ObjectChange | None, served_etag: str | None) ->
     return event.sequencer if event.etag.lower() == served_etag.lower() else None
 
 
+# Outcomes that change what a reader of the directory sees: these wake ``on_change``.
+CHANGED_OUTCOMES: Final = frozenset({"downloaded", "deleted"})
+
+
 class Mirror:
     """One ``[[mirror]]``: routes keys, applies changes, repairs drift."""
 
@@ -137,6 +142,7 @@ class Mirror:
         ledger: Ledger,
         observer: Observer | None = None,
         repeats: Repeats | None = None,
+        on_changed: Callable[[Path], None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -146,6 +152,7 @@ class Mirror:
         # Where this mirror's failures are logged: an unwritable directory fails every
         # file the same way, and is said once per cause (the daemon shares one).
         self.repeats = repeats or Repeats()
+        self._on_changed = on_changed
         self.directory_recreated = False
         self._left_alone_said: int | None = None  # how many excluded files we last told of
         # Archived keys already logged: once per key, however often events or reconciles
@@ -227,6 +234,8 @@ class Mirror:
         )
         if self._observer is not None:
             self._observer.applied(self.name, key, applied)
+        if self._on_changed is not None and applied.outcome in CHANGED_OUTCOMES:
+            self._on_changed(self.config.directory / key[len(self.config.prefix) :])
 
     def report_left_alone(self, relatives: list[str]) -> None:
         """Local files the filters exclude are kept as they are; say so once (again only

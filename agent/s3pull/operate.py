@@ -180,6 +180,12 @@ def _status_rows(
                 f" e.g. '{archived['examples'][0]}'",
             )
         )
+    for mirror, hook in sorted(snapshot.get("on_change", {}).items()):
+        print(
+            f"  on_change     {mirror}: last run {hook['result']} ({hook['paths']} path(s))"
+            f" {_ago(hook['at'])}; {counters.get('on_change_failures', 0)} of"
+            f" {counters.get('on_change_runs', 0)} run(s) failed in all"
+        )
     for mirror, cap in sorted(snapshot.get("bandwidth", {}).items()):
         print(
             f"  bandwidth     {mirror}: capped at {cap['limit_bytes_per_second']} bytes/s,"

@@ -56,6 +56,10 @@ class Stats:
     trigger_runs: int = 0
     trigger_failures: int = 0
     empty_batches: int = 0  # commands run on a batch with no files
+    on_change_runs: int = 0
+    on_change_failures: int = 0
+    # Mirror -> its last on_change run {"result", "paths", "at"}.
+    last_on_change: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Mirror -> its max_bandwidth limiter's report (bandwidth.TokenBucket.report).
     bandwidth: dict[str, dict[str, float | int]] = field(default_factory=dict)
     phase: str = "starting"
@@ -189,6 +193,12 @@ class Stats:
             }
         )
 
+    def on_change(self, mirror: str, result: str, paths: int) -> None:
+        self.on_change_runs += 1
+        if result != "succeeded":
+            self.on_change_failures += 1
+        self.last_on_change[mirror] = {"result": result, "paths": paths, "at": _now()}
+
     def reconcile(
         self, downloaded: int, deleted: int, failed: int, seconds: float, mirror: str = ""
     ) -> None:
@@ -253,7 +263,10 @@ class Stats:
                 "trigger_failures": self.trigger_failures,
                 "empty_batches": self.empty_batches,
                 "results_unwritten": self.results_unwritten,
+                "on_change_runs": self.on_change_runs,
+                "on_change_failures": self.on_change_failures,
             },
+            "on_change": dict(self.last_on_change),
             "bandwidth": dict(self.bandwidth),
             "lag_seconds": self.lag_seconds,
             "last_change_at": self.last_change_at,
