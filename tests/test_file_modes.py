@@ -130,12 +130,14 @@ def test_agent_writes_keeps_and_repairs_modes_and_group(
     # While the agent is away: the start-up reconcile puts them back, again no download.
     os.chmod(page, 0o604)
     os.chown(web / "css", -1, 0)
+    (web / "private").mkdir(mode=0o700)  # holds no key: none of the mirror's business
     agent = start_agent(config)
     agent.wait_ready()
+    assert (mode(web / "private"), (web / "private").stat().st_gid) == (0o700, 0)
     assert (mode(page), page.stat().st_gid) == (0o640, group.gr_gid)
     assert (web / "css").stat().st_gid == group.gr_gid
     assert "attributes web/css/site.css (reconcile: mode 0604, not 0640, 0 bytes" in agent.log
-    assert "put back the mode and group of directory css/" in agent.log
+    assert "put back the mode and group of directories: css/: group 0, not" in agent.log
     assert "downloaded web/css/site.css" not in agent.log
     assert agent.stop() == 0
 

@@ -360,8 +360,11 @@ class Mirror:
         return applied
 
     def _repair_directory(self, key: str) -> Applied | None:
-        """A directory below ours changed: put back its mode and group (a chmod)."""
+        """A directory below ours changed: put back its mode and group (a chmod), if it
+        holds keys of ours; one of local files only is left alone."""
         started = time.monotonic()
+        if not any(e.present for e in self._ledger.entries(self.name, key + "/").values()):
+            return None
         try:
             parts = self.parts(key)
             wrong = repair_directory_attributes(self.config.directory, parts, key, self.attributes)

@@ -24,8 +24,13 @@ from s3pull.download import mtime_ns
 from s3pull.errors import UnsafeKey
 from s3pull.guard import held_back_reason
 from s3pull.mirror import ARCHIVED_STORAGE_CLASSES, Applied, Mirror, file_matches
-from s3pull.paths import is_folder_placeholder, local_stat, shown_name
-from s3pull.walk import repair_directories, walk_files
+from s3pull.paths import (
+    is_folder_placeholder,
+    local_stat,
+    repair_directory_attributes,
+    shown_name,
+)
+from s3pull.walk import walk_files
 
 __all__ = [
     "PLAN_STEP",
@@ -77,6 +82,9 @@ class ReconcilePlan:
     archived: list[RemoteObject] = field(default_factory=list)
     # (key, path parts) of files with the right bytes but a wrong mode or group.
     attributes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    # Directories (path parts) that hold listed keys: theirs are the modes and group a
+    # reconcile checks; a directory of local files only is none of its business.
+    directories: set[tuple[str, ...]] = field(default_factory=set)
     up_to_date: int = 0
     under: str = ""  # the prefix the listing covered
     excluded: int = 0  # listed objects the mirror's include/exclude filters leave out
@@ -149,6 +157,8 @@ async def plan(
             planned.refused.append(refusal)
             continue
         wanted.add("/".join(parts))
+        if len(parts) > 1:
+            planned.directories.add(parts[:-1])
         entry = entries.get(obj.key)
         if file_matches(entry, st) and entry is not None and entry.etag == obj.etag:
             planned.up_to_date += 1
@@ -191,16 +201,20 @@ async def _repair_attributes(
     plan: ReconcilePlan,
     held: Callable[[str], AbstractAsyncContextManager[None]],
 ) -> None:
-    """Put back modes and groups changed by hand, without a download: directories
-    first (a walk, off the loop), then the files the plan found."""
-    directory = mirror.config.directory
-    try:
-        fixed = await asyncio.to_thread(repair_directories, directory, mirror.attributes)
-    except OSError as exc:
-        log.error("%s: could not set the mode or group of a directory: %s", mirror.name, exc)
-        fixed = []
-    for relative in fixed:
-        log.info("%s: put back the mode and group of directory %s", mirror.name, relative)
+    """Put back modes and groups changed by hand, without a download: of the
+    directories holding listed keys (and those above them), then of the files."""
+    root = mirror.config.directory
+    for counted, parts in enumerate(sorted(plan.directories), start=1):
+        if counted % PLAN_STEP == 0:
+            await asyncio.sleep(0)
+        where = "/".join(parts) + "/"
+        try:
+            wrong = repair_directory_attributes(root, parts, where, mirror.attributes)
+        except (UnsafeKey, OSError) as exc:  # swapped or gone since the plan
+            log.error("%s: could not set the mode or group of %s: %s", mirror.name, where, exc)
+            continue
+        if wrong is not None:
+            log.info("%s: put back the mode and group of directories: %s", mirror.name, wrong)
     for counted, (key, parts) in enumerate(plan.attributes, start=1):
         if counted % PLAN_STEP == 0:
             await asyncio.sleep(0)

@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from s3pull.paths import DIR_FLAGS, TEMP_PREFIX, Attributes
+from s3pull.paths import DIR_FLAGS, TEMP_PREFIX
 
-__all__ = ["remove_leftover_temp_files", "repair_directories", "walk_files"]
+__all__ = ["remove_leftover_temp_files", "walk_files"]
 
 
 def _regular_files(root: Path) -> Iterator[tuple[str, int, os.DirEntry[str]]]:
@@ -90,45 +90,3 @@ def remove_leftover_temp_files(root: Path) -> int:
             except FileNotFoundError:
                 pass
     return removed
-
-
-def repair_directories(root: Path, attributes: Attributes) -> list[str]:
-    """Give every directory below ``root`` (not ``root`` itself) its mode and group;
-    return the relative paths put right. Through descriptors, never through a symlink.
-    A directory the agent cannot open (its mode taken away) is put right from its
-    parent's walk once it can, which for the owner is always: fchmod needs no access.
-    """
-    repaired: list[str] = []
-    try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return repaired
-    stack: list[tuple[str, int, Iterator[os.DirEntry[str]]]] = []
-    try:
-        stack.append(("", root_fd, iter(_list_directory(root_fd))))
-        while stack:
-            relative_dir, fd, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                os.close(fd)
-                continue
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            try:
-                child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-            except OSError:  # gone, or swapped for a symlink since the listing
-                continue
-            relative = f"{relative_dir}{entry.name}/"
-            try:
-                if attributes.differ(os.fstat(child), directory=True):
-                    attributes.apply(child, directory=True)
-                    repaired.append(relative)
-            except OSError:
-                os.close(child)
-                raise
-            stack.append((relative, child, iter(_list_directory(child))))
-    finally:
-        for _relative, fd, _entries in stack:
-            os.close(fd)
-    return repaired
