@@ -125,3 +125,12 @@ def test_paths_are_one_per_line_and_odd_ones_quoted_as_git_does() -> None:
         "/srv/site/café.txt",
         "/srv/site/plain name.txt",
     ]
+
+
+def test_check_names_an_on_change_program_that_is_missing(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    config = hook_config(tmp_path, pipeline, tmp_path / "site", ["/nonexistent/reload", "x"])
+    result = run_s3pull("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "PROBLEM mirror site: on_change /nonexistent/reload: does not exist" in result.stdout

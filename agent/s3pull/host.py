@@ -32,6 +32,8 @@ def host_problems(config: Config) -> list[str]:
             problems.append(f"mirror {mirror.name}: {mirror.directory}: {problem}")
         if mirror.group and (problem := _group_problem(mirror.group)) is not None:
             problems.append(f"mirror {mirror.name}: group {mirror.group}: {problem}")
+        if mirror.on_change and (problem := _runnable(mirror.on_change[0])) is not None:
+            problems.append(f"mirror {mirror.name}: on_change {mirror.on_change[0]}: {problem}")
     for trigger in config.triggers:
         if (problem := writable_problem(trigger.directory)) is not None:
             problems.append(f"trigger {trigger.name}: {trigger.directory}: {problem}")
