@@ -17,6 +17,19 @@ from s3pull.onchange import format_paths
 RECORD_CHANGE = Path(__file__).parent / "commands" / "record_change.py"
 
 
+def daemon_status(config: Path, counted: int) -> dict[str, Any]:
+    """`status --json`'s daemon part once it counts ``counted`` on_change runs (the
+    daemon rewrites its status file every few seconds)."""
+
+    def read() -> dict[str, Any] | None:
+        status = json.loads(run_s3pull("status", "--json", "--config", str(config)).stdout)
+        daemon = status["daemon"] or {}
+        runs = daemon.get("counters", {}).get("on_change_runs")
+        return daemon if runs == counted else None
+
+    return dict(wait_until(read, what=f"{counted} on_change run(s) in status"))
+
+
 def runs(output: Path) -> list[dict[str, Any]]:
     if not output.exists():
         return []
@@ -73,9 +86,7 @@ def test_uploads_within_the_settle_time_make_one_run_listing_them(
     assert second["stdin"] == f"{site / 'a.txt'}\n{site / 'd.txt'}\n"
     assert agent.log.count("running on_change") == 2
     assert "site on_change [stdout] on_change saw 3 path(s)" in agent.log
-    status = json.loads(run_s3pull("status", "--json", "--config", str(agent.config)).stdout)
-    assert status["daemon"]["counters"]["on_change_runs"] == 2
-    assert status["daemon"]["counters"]["on_change_failures"] == 0
+    assert daemon_status(agent.config, 2)["counters"]["on_change_failures"] == 0
     assert agent.stop() == 0
 
 
@@ -98,10 +109,9 @@ def test_a_failing_command_is_counted_and_the_agent_goes_on(
         f"{site / 'one.txt'}\n",
         f"{site / 'two.txt'}\n",
     ]  # each failure ran once: nothing retried
-    status = json.loads(run_s3pull("status", "--json", "--config", str(agent.config)).stdout)
-    counters = status["daemon"]["counters"]
-    assert (counters["on_change_runs"], counters["on_change_failures"]) == (2, 2)
-    assert status["daemon"]["on_change"]["site"]["result"] == "failed"
+    daemon = daemon_status(agent.config, 2)
+    assert daemon["counters"]["on_change_failures"] == 2
+    assert daemon["on_change"]["site"]["result"] == "failed"
     text = run_s3pull("status", "--config", str(agent.config)).stdout
     assert "on_change     site: last run failed (1 path(s))" in text
     assert "2 of 2 run(s) failed in all" in text
