@@ -224,3 +224,23 @@ def test_defaults_are_what_the_agent_always_wrote(tmp_path: Path) -> None:
         writer.commit()
     assert (mode(tmp_path / "d"), mode(tmp_path / "d" / "x")) == (0o755, 0o644)
     assert (tmp_path / "d" / "x").stat().st_gid == os.getegid()
+
+
+def test_check_as_a_user_who_cannot_search_a_parent_names_it_instead_of_crashing(
+    tmp_path: Path, pipeline: Pipeline
+) -> None:
+    # `sudo -u s3pull s3pull check` with the mirror below a 0700 directory of root's:
+    # Path.exists() raises PermissionError there, and check must say so, not trace back.
+    with tempfile.TemporaryDirectory(prefix="s3pull-check-") as shared:
+        os.chmod(shared, 0o755)
+        closed = Path(shared) / "closed"
+        closed.mkdir(mode=0o700)
+        config = tmp_path / "s3pull.toml"
+        mirror = {"name": "web", "bucket": pipeline.bucket, "directory": closed / "web"}
+        config.write_text(render_config(pipeline, Path(shared) / "state", [mirror]))
+        problems = problems_as_nobody(config, [])
+    assert any(
+        "web" in p
+        and "cannot be reached by nobody: a directory on its path may not be searched" in p
+        for p in problems
+    ), problems

@@ -46,7 +46,9 @@ def writable_problem(directory: Path) -> str | None:
     """A directory the agent can write in, or create (its nearest existing parent is
     writable)."""
     existing = directory
-    while not existing.exists():
+    while not (found := _exists(existing)):
+        if found is None:
+            return _unreachable()
         if existing.parent == existing:
             return "no part of the path exists"
         existing = existing.parent
@@ -56,6 +58,22 @@ def writable_problem(directory: Path) -> str | None:
         what = "is not writable" if existing == directory else f"cannot be created in {existing}"
         return f"{what} by {_user()}"
     return None
+
+
+def _exists(path: Path) -> bool | None:
+    """Whether ``path`` exists; None when a directory on the way may not be searched
+    (Path.exists raises then: `sudo -u s3pull s3pull check` below a 0700 parent)."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:
+        return None
+    return True
+
+
+def _unreachable() -> str:
+    return f"cannot be reached by {_user()}: a directory on its path may not be searched"
 
 
 def _group_problem(group: str) -> str | None:
@@ -88,8 +106,8 @@ def _runnable(program: str) -> str | None:
     """Found and executable, as the agent would run it (no shell, the clean PATH)."""
     if "/" in program:
         path = Path(program)
-        if not path.exists():
-            return "does not exist"
+        if not (found := _exists(path)):
+            return "does not exist" if found is False else _unreachable()
         if path.is_dir() or not os.access(path, os.X_OK):
             return f"is not executable by {_user()}"
         return None
