@@ -235,16 +235,7 @@ def _to_change(record: object, where: str) -> tuple[str, ObjectChange | None]:
         _required_str(bucket, "name", f"{where}.s3.bucket"), _BUCKET, where_bucket
     )
     key = _decode_key(_required_str(obj, "key", where_object), f"{where_object}.key")
-    size = _optional_int(obj, "size", where_object)
-    etag = _strip_quotes(_optional_str(obj, "eTag", where_object))
-    if etag is not None:
-        _shaped(etag, _ETAG, f"{where_object}.eTag")
-    version_id = _optional_str(obj, "versionId", where_object)
-    if version_id is not None:
-        _shaped(version_id, _VERSION_ID, f"{where_object}.versionId")
-    sequencer = _optional_str(obj, "sequencer", where_object)
-    if sequencer is not None and not _HEX.fullmatch(sequencer):
-        raise UnparseableBody(f"{where_object}.sequencer: {_show(sequencer)} is not hexadecimal")
+    size, etag, version_id, sequencer = _object_fields(obj, where_object, "eTag", "versionId")
 
     kind = _KIND_BY_NAME.get(event_name) or _KIND_BY_FAMILY.get(event_name.partition(":")[0])
     if kind is None:
@@ -318,16 +309,7 @@ def _eventbridge(event: dict[str, object], topic_arn: str | None) -> Notificatio
     where_object = f"{where}.detail.object"
     obj = _required_object(detail, "object", f"{where}.detail")
     key = _raw_key(_required_str(obj, "key", where_object), f"{where_object}.key")
-    size = _optional_int(obj, "size", where_object)
-    etag = _strip_quotes(_optional_str(obj, "etag", where_object))
-    if etag is not None:
-        _shaped(etag, _ETAG, f"{where_object}.etag")
-    version_id = _optional_str(obj, "version-id", where_object)
-    if version_id is not None:
-        _shaped(version_id, _VERSION_ID, f"{where_object}.version-id")
-    sequencer = _optional_str(obj, "sequencer", where_object)
-    if sequencer is not None and not _HEX.fullmatch(sequencer):
-        raise UnparseableBody(f"{where_object}.sequencer: {_show(sequencer)} is not hexadecimal")
+    size, etag, version_id, sequencer = _object_fields(obj, where_object, "etag", "version-id")
 
     kind: ChangeKind
     if detail_type == "Object Created":
@@ -358,6 +340,24 @@ def _eventbridge(event: dict[str, object], topic_arn: str | None) -> Notificatio
         delivery="eventbridge",
     )
     return Notification(changes=(change,), topic_arn=topic_arn)
+
+
+def _object_fields(
+    obj: dict[str, object], where: str, etag_name: str, version_name: str
+) -> tuple[int | None, str | None, str | None, str | None]:
+    """Size, ETag, version id and sequencer of an event's object, each checked for the
+    shape S3 gives it. Notifications and EventBridge name two of them differently."""
+    size = _optional_int(obj, "size", where)
+    etag = _strip_quotes(_optional_str(obj, etag_name, where))
+    if etag is not None:
+        _shaped(etag, _ETAG, f"{where}.{etag_name}")
+    version_id = _optional_str(obj, version_name, where)
+    if version_id is not None:
+        _shaped(version_id, _VERSION_ID, f"{where}.{version_name}")
+    sequencer = _optional_str(obj, "sequencer", where)
+    if sequencer is not None and not _HEX.fullmatch(sequencer):
+        raise UnparseableBody(f"{where}.sequencer: {_show(sequencer)} is not hexadecimal")
+    return size, etag, version_id, sequencer
 
 
 def _raw_key(key: str, where: str) -> str:
