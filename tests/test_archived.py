@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -221,3 +222,38 @@ def test_a_reconcile_with_restore_asks_then_downloads_once_restored(
     second = s3pull("sync", "--config", str(config))
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "mirror" / "cold.bin").read_bytes() == b"cold"
+
+
+def test_a_batch_with_an_archived_file_never_runs_its_command(
+    tmp_path: Path, patient: Pipeline, s3: Any, start_agent: Callable[..., Agent]
+) -> None:
+    # A mirror may skip what it cannot read; a trigger must not run the business process
+    # on a batch with a file missing (and then record the marker as done).
+    pipeline = patient
+    ran = tmp_path / "ran.jsonl"
+    record_batch = Path(__file__).parent / "commands" / "record_batch.py"
+    trigger = {
+        "name": "orders",
+        "bucket": pipeline.bucket,
+        "prefix": "incoming/",
+        "marker": "_READY",
+        "directory": tmp_path / "batches",
+        "command": [sys.executable, str(record_batch), str(ran)],
+    }
+    config = tmp_path / "s3pull.toml"
+    config.write_text(render_config(pipeline, tmp_path / "state", [], [trigger]))
+    agent = start_agent(config)
+    agent.wait_ready()
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/b1/a.csv", Body=b"a")
+    s3.put_object(
+        Bucket=pipeline.bucket, Key="incoming/b1/cold.csv", Body=b"c", StorageClass="GLACIER"
+    )
+    s3.put_object(Bucket=pipeline.bucket, Key="incoming/b1/_READY", Body=b"")
+    agent.wait_for_log("1 file(s) are archived in S3")
+    wait_until(
+        lambda: status_json(config)["daemon"]["failing"].get("trigger:orders"),
+        what="status to name the failing batch",
+    )
+    assert not ran.exists(), "the command ran on a batch with a file missing"
+    assert s3pull("status", "--config", str(config)).returncode == 1
+    assert agent.stop() == 0

@@ -68,6 +68,7 @@ class Executed:
     downloaded: int = 0
     deleted: int = 0
     held_back: int = 0  # deletions the mass-deletion guard kept back
+    archived: int = 0  # downloads S3 refused as archived (skipped, or their restore asked)
 
 
 @dataclass(slots=True)
@@ -245,7 +246,7 @@ async def execute(
         return hold(key) if hold is not None else contextlib.nullcontext()
 
     failures: list[BaseException] = []
-    refused = downloaded = deleted = 0
+    refused = downloaded = deleted = archived = 0
     mirror.config.directory.mkdir(parents=True, exist_ok=True)
     for counted, obj in enumerate(plan.adopted, start=1):
         if counted % PLAN_STEP == 0:
@@ -256,7 +257,7 @@ async def execute(
         work.put_nowait(item)
 
     async def worker() -> None:
-        nonlocal refused, downloaded
+        nonlocal refused, downloaded, archived
         while not work.empty():
             obj, parts = work.get_nowait()
             started = time.monotonic()
@@ -281,7 +282,9 @@ async def execute(
             else:
                 # An archived object (archived = "restore") had its restore asked: not
                 # downloaded yet.
-                downloaded += applied.outcome not in ("archived", "restoring")
+                not_yet = applied.outcome in ("archived", "restoring")
+                downloaded += not not_yet
+                archived += not_yet
                 mirror.report_applied(obj.key, applied, label, started)
             if on_progress is not None:
                 on_progress(obj.size)
@@ -299,7 +302,9 @@ async def execute(
         mirror.report_left_alone(plan.left_alone)
         mirror.report_held_back(len(plan.deletions) if plan.held_back else 0, plan.held_back)
     if plan.held_back:
-        return Executed(failures, refused, downloaded, 0, held_back=len(plan.deletions))
+        return Executed(
+            failures, refused, downloaded, 0, held_back=len(plan.deletions), archived=archived
+        )
     for counted, (key, parts) in enumerate(plan.deletions, start=1):
         if counted % PLAN_STEP == 0:
             await asyncio.sleep(0)
@@ -331,4 +336,4 @@ async def execute(
             mirror.report_applied(key, Applied("deleted"), "reconcile: not in S3", started)
     # The reconcile is over: say how many more failed like the ones logged.
     mirror.repeats.flush(mirror.name)
-    return Executed(failures, refused, downloaded, deleted)
+    return Executed(failures, refused, downloaded, deleted, archived=archived)

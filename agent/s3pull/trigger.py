@@ -214,6 +214,13 @@ class Trigger:
             if executed.failures or executed.refused:
                 missing = len(executed.failures) + executed.refused
                 raise TriggerFailed(f"{tag}: {missing} file(s) could not be downloaded")
+            if archived := len(batch.archived) + executed.archived:
+                # A mirror may skip what it cannot read; a batch with a file missing must
+                # not run (and would then be recorded as run): retry until S3 serves it.
+                raise TriggerFailed(
+                    f"{tag}: {archived} file(s) are archived in S3 (GLACIER or DEEP_ARCHIVE,"
+                    " not restored): the command runs once they are restored"
+                )
             batch_dir = ensure_directory(self.config.directory, batch_parts, change.key)
             progress.started = time.time()  # the run proper starts with the command
             await self._run_command(change, batch_prefix, batch_dir, tag, progress)
