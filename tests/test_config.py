@@ -765,7 +765,7 @@ def test_mirror_output_keys(tmp_path: Path) -> None:
     assert m.on_change_settle_seconds == 0.5
     # Left out: what the agent always did, no cap, no hook.
     [d] = load_config(write(tmp_path, to_toml(minimal())), NO_AWS_ENV).mirrors
-    assert (d.file_mode, d.dir_mode, d.group, d.gid) == (0o644, 0o755, "", None)
+    assert (d.file_mode, d.dir_mode, d.group, d.gid) == (None, None, "", None)
     assert (d.max_bandwidth, d.on_change, d.on_change_settle_seconds) == (0, (), 2.0)
 
 

@@ -244,3 +244,30 @@ def test_check_as_a_user_who_cannot_search_a_parent_names_it_instead_of_crashing
         and "cannot be reached by nobody: a directory on its path may not be searched" in p
         for p in problems
     ), problems
+
+
+def test_without_the_keys_modes_an_operator_set_by_hand_are_left_alone(
+    tmp_path: Path, pipeline: Pipeline, s3: Any, start_agent: Callable[..., Agent]
+) -> None:
+    # An upgrade must not widen what an operator tightened (0640 -> 0644), nor undo a
+    # later chmod: only a configured file_mode, dir_mode or group is put back.
+    web = tmp_path / "web"
+    config = tmp_path / "s3pull.toml"
+    mirror = {"name": "web", "bucket": pipeline.bucket, "prefix": "web/", "directory": web}
+    config.write_text(render_config(pipeline, tmp_path / "state", [mirror]))
+    s3.put_object(Bucket=pipeline.bucket, Key="web/css/site.css", Body=b"body{}")
+    assert run_s3pull("sync", "--config", str(config)).returncode == 0
+    page = web / "css" / "site.css"
+    assert (mode(page), mode(web / "css")) == (0o644, 0o755)  # the defaults, when new
+    os.chmod(page, 0o640)
+    os.chmod(web / "css", 0o750)
+    assert run_s3pull("sync", "--config", str(config)).returncode == 0  # a reconcile
+    agent = start_agent(config)  # a start-up reconcile, then the drift watcher
+    agent.wait_ready()
+    os.chmod(page, 0o600)
+    # A later change in the same directory is the barrier: the chmod's event came before.
+    s3.put_object(Bucket=pipeline.bucket, Key="web/css/other.css", Body=b"p{}")
+    agent.wait_for_log("downloaded web/css/other.css")
+    assert (mode(page), mode(web / "css")) == (0o600, 0o750)
+    assert "attributes web/" not in agent.log
+    assert agent.stop() == 0

@@ -129,8 +129,10 @@ class MirrorConfig(_Folder):
     # ObjectRestore:Completed. Either way the message is acknowledged, never dead-lettered.
     archived: Archived = "skip"
     # Files and directories written (issue 15): modes, and a group ("" = the agent's own).
-    file_mode: int = 0o644
-    dir_mode: int = 0o755
+    # None: not set, so new files get 0644 and new directories 0755, and what exists keeps
+    # whatever mode an operator gave it; once set, a mode changed by hand is put back.
+    file_mode: int | None = None
+    dir_mode: int | None = None
     group: str = ""
     max_bandwidth: int = 0  # bytes per second over all this mirror's downloads; 0 = no cap
     on_change: tuple[str, ...] = ()  # argv run once changes settle; () = none
@@ -451,10 +453,10 @@ def _mirror_output(t: _Table) -> dict[str, Any]:
     }
 
 
-def _mode(t: _Table, name: str, owner_needs: int) -> int:
+def _mode(t: _Table, name: str, owner_needs: int) -> int | None:
     value = _present(t, name, str, 'an octal mode string like "0644"')
     if value is None:
-        return _default(t, name, int)
+        return None
     if not _MODE.fullmatch(value):
         # Set-id and sticky bits are refused too: the packaged service may not set them
         # (RestrictSUIDSGID=yes), and a set-id bit on downloaded content is never wanted.

@@ -159,7 +159,14 @@ class Mirror:
         # meet them (they are still counted every time).
         self._archived_logged: set[str] = set()
         # The group is looked up once per serve: a reload looks again.
-        self.attributes = Attributes(config.file_mode, config.dir_mode, config.gid)
+        self.attributes = Attributes(
+            0o644 if config.file_mode is None else config.file_mode,
+            0o755 if config.dir_mode is None else config.dir_mode,
+            config.gid,
+            repair=config.file_mode is not None
+            or config.dir_mode is not None
+            or bool(config.group),
+        )
         self.limiter = TokenBucket(config.max_bandwidth) if config.max_bandwidth else None
 
     @property
@@ -363,6 +370,8 @@ class Mirror:
         """A directory below ours changed: put back its mode and group (a chmod), if it
         holds keys of ours; one of local files only is left alone."""
         started = time.monotonic()
+        if not self.attributes.repair:
+            return None
         if not any(e.present for e in self._ledger.entries(self.name, key + "/").values()):
             return None
         try:

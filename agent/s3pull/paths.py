@@ -61,9 +61,16 @@ class Attributes:
     file_mode: int = 0o644
     dir_mode: int = 0o755
     gid: int | None = None  # None: whatever group the agent creates them with
+    # Whether a mode or group found different is put back: only when the operator set
+    # file_mode, dir_mode or group. Otherwise an upgrade would widen modes an operator
+    # had tightened by hand (0640 -> 0644) and undo every later chmod.
+    repair: bool = False
 
     def differ(self, st: os.stat_result, directory: bool = False) -> str | None:
-        """What is wrong with ``st`` (mode, group) in words; None when it is right."""
+        """What is wrong with ``st`` (mode, group) in words; None when it is right or
+        not ours to repair."""
+        if not self.repair:
+            return None
         wanted = self.dir_mode if directory else self.file_mode
         wrong = []
         if stat.S_IMODE(st.st_mode) != wanted:

@@ -204,6 +204,8 @@ async def _repair_attributes(
 ) -> None:
     """Put back modes and groups changed by hand, without a download: of the
     directories holding listed keys (and those above them), then of the files."""
+    if not mirror.attributes.repair:
+        return  # nothing set by the operator: modes found are theirs
     root = mirror.config.directory
     for counted, parts in enumerate(sorted(plan.directories), start=1):
         if counted % PLAN_STEP == 0:
