@@ -700,3 +700,19 @@ def test_existing_bucket_sending_to_eventbridge(moto_endpoint: str, name: str) -
         what="the event in the queue",
     )
     assert json.loads(received[0]["Body"]) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        ("", True),
+        ("acme-uploads/results/", True),
+        ("acme-uploads/runs/2026/", True),
+        ("acme-uploads/", False),  # the bucket's root: any server could overwrite all of it
+        ("acme-uploads/results", False),
+        ("acme-uploads/res*/", False),
+    ],
+)
+def test_trigger_results_must_be_a_folder_of_its_own(value: str, allowed: bool) -> None:
+    pattern = load_template()["Parameters"]["TriggerResults"]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, value)) is allowed

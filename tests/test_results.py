@@ -222,11 +222,14 @@ def test_results_must_be_an_s3_location(
     assert problem in result.stderr
 
 
+@pytest.mark.parametrize("folder", ["incoming/r", ""])
 def test_results_inside_the_triggers_own_folder_are_refused(
-    tmp_path: Path, pipeline: Pipeline
+    tmp_path: Path, pipeline: Pipeline, folder: str
 ) -> None:
-    # incoming/results/incoming/b1/i-....json would be listed as a batch file.
-    config, _ = trigger_config(tmp_path, pipeline, results=f"s3://{pipeline.bucket}/incoming/r")
+    # incoming/r/incoming/b1/i-....json, or with no folder incoming/b1/i-....json itself,
+    # would be listed as a batch file.
+    results = f"s3://{pipeline.bucket}/{folder}"
+    config, _ = trigger_config(tmp_path, pipeline, results=results)
     result = run_s3pull("check", "--config", str(config))
     assert result.returncode == 78
     assert "trigger[0].results" in result.stderr

@@ -542,7 +542,9 @@ def _results(t: _Table, name: str) -> str:
     bucket, _, prefix = value.removeprefix("s3://").partition("/")
     folder = prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
     own_bucket, own_prefix = t.data.get("bucket"), _prefix(t, "prefix")
-    if bucket == own_bucket and folder.startswith(own_prefix):
+    # A result is written at <folder><batch prefix>, and the batch prefix starts with the
+    # trigger's own: so a folder "" lands in the batch as surely as one inside it.
+    if bucket == own_bucket and (folder + own_prefix).startswith(own_prefix):
         raise t.invalid(
             name,
             f"must not lie inside the trigger's own folder s3://{bucket}/{own_prefix}"
