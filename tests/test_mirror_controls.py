@@ -290,3 +290,23 @@ def test_a_periodic_reconcile_lists_only_when_in_sync_and_repairs_a_missed_chang
     assert proxy.seen("s3", "GetObject") == gets + 2
     assert proxy.seen("s3", "HeadObject", "data/f1.txt") == 1
     assert agent.stop() == 0
+
+
+def test_a_file_in_the_way_of_a_new_key_is_never_deleted_when_the_filters_leave_it_out(
+    tmp_path: Path, pipeline: Pipeline, s3: Any, start_agent: Callable[..., Agent]
+) -> None:
+    # S3 gains the file key data/a while the mirror holds a/conf.local, which exclude
+    # leaves alone: the new key is refused, the local file stays.
+    config = write_config(tmp_path, pipeline, exclude=["**/*.local"])
+    local = tmp_path / "mirror" / "a" / "conf.local"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"ours")
+    agent = start_agent(config)
+    agent.wait_ready()
+    put(s3, pipeline, "data/a", b"a file where our directory is")
+    put(s3, pipeline, "data/later.txt", b"later")  # the barrier: data/a was handled first
+    agent.wait_for_log("downloaded data/later.txt")
+    wait_until(lambda: queue_depth(pipeline, pipeline.queue_url) == 0, what="queue drained")
+    assert local.read_bytes() == b"ours"
+    assert "refused key 'data/a'" in agent.log
+    assert agent.stop() == 0

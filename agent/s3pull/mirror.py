@@ -526,6 +526,9 @@ class Mirror:
                 f"{collision.key}: {collision.reason}, and {blocker} is no"
                 " longer in S3 but this mirror keeps deleted files"
             )
+        if any(not self.config.selects(key) for key, _parts in stale):
+            # include/exclude promise to leave such files alone: refuse, never delete.
+            raise collision
         for key, parts in stale:
             if self.remove_extra(key, parts):
                 log.info(
