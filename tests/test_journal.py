@@ -5,6 +5,7 @@ a real journald is proven by the systemd-nspawn boot test, packaging/test/.)"""
 from __future__ import annotations
 
 import array
+import contextlib
 import io
 import logging
 import os
@@ -117,3 +118,29 @@ def test_no_journal_means_the_stream(tmp_path: Path) -> None:
     handler_logger(handler).error("failed %s", "x")
     assert stream.getvalue() == "ERROR failed x\n"
     assert handler.fell_back == 1
+
+
+def test_a_stream_socket_nobody_reads_never_blocks_the_caller(
+    journal: tuple[str, socket.socket],
+) -> None:
+    # Under systemd stderr is journald's stream socket: when journald takes no datagram,
+    # it may read that stream no faster. A blocking write there would stop the agent.
+    path, server = journal
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ours, journald_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with ours, journald_end, os.fdopen(os.dup(ours.fileno()), "w") as stderr:
+        handler = JournalHandler("s3pull", path, stderr)
+        log = handler_logger(handler)
+        for number in range(5000):  # returns only if no write waited for a reader
+            log.info("line %d", number)
+        assert handler.fell_back > 0 and handler.dropped > 0
+        journald_end.setblocking(False)
+        received = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := journald_end.recv(1 << 16):
+                received += chunk
+        lines = received.decode().splitlines()
+        assert len(lines) == handler.fell_back  # whole lines only: a record fits or is dropped
+        assert all(line.startswith("INFO line ") for line in lines)
+        handler.close()

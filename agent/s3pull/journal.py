@@ -22,10 +22,12 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import io
 import logging
 import os
 import re
 import socket
+import stat
 import struct
 import sys
 from collections.abc import Mapping
@@ -63,6 +65,18 @@ def encode(fields: Mapping[str, str]) -> bytes:
     return bytes(out)
 
 
+def _socket_of(stream: TextIO) -> socket.socket | None:
+    """A socket on a copy of ``stream``'s descriptor when it is a socket (journald's
+    stream), else None (a terminal, a file, a StringIO)."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        return socket.socket(fileno=os.dup(fd))
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 def _priority(level: int) -> str:
     for threshold in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
         if level >= threshold:
@@ -86,10 +100,18 @@ class JournalHandler(logging.Handler):
         self._stream = stream if stream is not None else sys.stderr
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._socket.setblocking(False)
+        # Under systemd the stream is journald's own stream socket: when journald is too
+        # busy for a datagram it may be too busy for that too, and a blocking write there
+        # would stop the event loop (watchdog pings, SIGTERM). Sent with MSG_DONTWAIT, a
+        # record that does not fit is dropped and counted instead.
+        self._stream_socket = _socket_of(self._stream)
         self.fell_back = 0  # records written to the stream instead (journald busy or gone)
+        self.dropped = 0  # records neither journald nor the stream could take without waiting
 
     def close(self) -> None:
         self._socket.close()
+        if self._stream_socket is not None:
+            self._stream_socket.close()
         super().close()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -106,11 +128,25 @@ class JournalHandler(logging.Handler):
                 **{k: str(v) for k, v in vars(record).items() if k.startswith("S3PULL_")},
             }
             if not self._send(encode(fields)):
-                self.fell_back += 1
-                self._stream.write(message + "\n")
-                self._stream.flush()
+                self._fall_back(message + "\n")
         except Exception:
             self.handleError(record)
+
+    def _fall_back(self, line: str) -> None:
+        if self._stream_socket is None:
+            self.fell_back += 1
+            self._stream.write(line)
+            self._stream.flush()
+            return
+        data = line.encode("utf-8", "backslashreplace")
+        try:
+            sent = self._stream_socket.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            self.fell_back += 1
+        else:
+            self.dropped += 1
 
     def _send(self, data: bytes) -> bool:
         """True once journald has the record; False when it cannot take it now."""
