@@ -186,3 +186,21 @@ def test_status_shows_a_hostile_key_on_one_line(
     (line,) = [line for line in lines if "index.html" in line]
     assert "last: downloaded data/y\\rERROR m: deleted data/index.html" in line
     assert agent.stop() == 0
+
+
+def test_sync_dry_run_shows_a_hostile_key_on_one_line(
+    s3: Any, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    mirror = tmp_path / "mirror"
+    config = tmp_path / "s3pull.toml"
+    config.write_text(
+        render_config(
+            pipeline,
+            tmp_path / "state",
+            [{"name": "data", "bucket": pipeline.bucket, "prefix": "data/", "directory": mirror}],
+        )
+    )
+    s3.put_object(Bucket=pipeline.bucket, Key="data/y" + FORGED_CR, Body=b"forged")
+    out = run_s3pull("sync", "--dry-run", "--config", str(config)).stdout
+    assert "\r" not in out
+    assert "data: download data/y\\rERROR m: deleted data/index.html (6 B)" in out

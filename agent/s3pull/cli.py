@@ -21,7 +21,7 @@ from s3pull import __version__
 from s3pull.config import Config, default_config_path, load_config
 from s3pull.errors import ConfigError
 from s3pull.identity import Identity
-from s3pull.logsafe import EscapingFormatter
+from s3pull.logsafe import EscapingFormatter, escape_controls
 from s3pull.status import StateDirectoryBusy, claim_state_directory
 
 if TYPE_CHECKING:  # imported by `sync` only: every other verb stays light
@@ -533,14 +533,20 @@ async def _sync(
                 for mirror, plan in plans:
                     for obj, _parts in plan.downloads:
                         # Sizes as the progress bar shows them: one way to read both.
-                        print(f"{mirror.name}: download {obj.key} ({human_bytes(obj.size)})")
+                        print(
+                            f"{mirror.name}: download {escape_controls(obj.key)}"
+                            f" ({human_bytes(obj.size)})"
+                        )
                     verb = "held back: delete" if plan.held_back else "delete"
                     for key, _parts in plan.deletions:
-                        print(f"{mirror.name}: {verb} {key}")
+                        print(f"{mirror.name}: {verb} {escape_controls(key)}")
                     for refusal in plan.refused:
                         print(f"{mirror.name}: refuse {refusal.key!r}: {refusal.reason}")
                     for obj in plan.archived:
-                        print(f"{mirror.name}: skip {obj.key} (archived: {obj.storage_class})")
+                        print(
+                            f"{mirror.name}: skip {escape_controls(obj.key)}"
+                            f" (archived: {obj.storage_class})"
+                        )
                     print(
                         f"{mirror.name}: {len(plan.downloads)} to download"
                         f" ({human_bytes(plan.download_bytes)}), {len(plan.deletions)} to delete,"
