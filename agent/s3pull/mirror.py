@@ -265,7 +265,8 @@ class Mirror:
         if deletions:
             log.warning(
                 "%s: holding back %d deletion(s), nothing deleted: %s. Downloads went"
-                " ahead. If S3 is right, confirm with `s3pull sync --allow-mass-delete`",
+                " ahead. If S3 is right, confirm with `s3pull sync --allow-mass-delete`"
+                " (with the agent stopped: it holds the state directory)",
                 self.name,
                 deletions,
                 reason,
