@@ -233,3 +233,20 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     yield start
     for agent in agents:
         agent.kill()
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """Make a directory immutable (chattr +i): even root cannot create a file in it, which
+    is what an unwritable directory is to the service user. Undone at the end."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"chattr +i does not work here: {result.stderr.strip()}")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False)

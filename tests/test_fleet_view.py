@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -241,22 +241,6 @@ def test_fleet_needs_per_server_queues(tmp_path: Path, pipeline: Pipeline) -> No
         assert "fixed queue.url" in result.stderr
     usage = s3pull("fleet", "wait", "--since", "yesterday", "--config", str(config))
     assert usage.returncode == 2 and "--since 'yesterday': not an ISO 8601 time" in usage.stderr
-
-
-@pytest.fixture
-def immutable() -> Iterator[Callable[[Path], None]]:
-    """chattr +i: even root cannot create a file in the directory (as test_status_truth)."""
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"chattr +i does not work here: {result.stderr.strip()}")
-        made.append(path)
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
 @pytest.mark.moto_only("fleet status asks EC2 which instances exist")

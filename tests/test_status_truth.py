@@ -7,11 +7,9 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from conftest import AGENT_ENV, Agent, queue_depth, render_config, wait_until
 from conftest import run_s3pull as s3pull
@@ -32,23 +30,6 @@ def status_until(config: Path, text: str, what: str) -> subprocess.CompletedProc
         return result if text in result.stdout else None
 
     return wait_until(holds, what=what)
-
-
-@pytest.fixture
-def immutable() -> Iterator[Callable[[Path], None]]:
-    """Make a directory immutable (chattr +i): even root cannot create a file in it, which
-    is what an unwritable directory is to the service user. Undone at the end."""
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"chattr +i does not work here: {result.stderr.strip()}")
-        made.append(path)
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
 def mirror_config(tmp_path: Path, pipeline: Pipeline) -> Path:
