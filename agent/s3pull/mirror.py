@@ -27,6 +27,7 @@ from s3pull.events import ObjectChange
 from s3pull.ledger import Entry, Ledger
 from s3pull.logfields import SUMMARY, journal_fields
 from s3pull.paths import (
+    DEFAULT_ATTRIBUTES,
     Attributes,
     is_folder_placeholder,
     is_utf8,
@@ -160,8 +161,9 @@ class Mirror:
         self._archived_logged: set[str] = set()
         # The group is looked up once per serve: a reload looks again.
         self.attributes = Attributes(
-            0o644 if config.file_mode is None else config.file_mode,
-            0o755 if config.dir_mode is None else config.dir_mode,
+            # Unset: the defaults every write gets (0644, 0755), stated once in paths.
+            DEFAULT_ATTRIBUTES.file_mode if config.file_mode is None else config.file_mode,
+            DEFAULT_ATTRIBUTES.dir_mode if config.dir_mode is None else config.dir_mode,
             config.gid,
             repair=config.file_mode is not None
             or config.dir_mode is not None
