@@ -2,7 +2,7 @@
 
 Why a child process: moto is bound by the GIL, so sharing a process with the driver (which
 times things and watches files) would slow both and blur who is the bottleneck. The child
-reuses ``s3pull.emulator.moto_server()`` unchanged and adds three bench-only hooks:
+reuses ``s3pull.emulator.moto_server()`` unchanged and adds four bench-only hooks:
 
 - every request is counted by service and operation (werkzeug calls ``log_request`` once
   per request, when it answers), so request counts come from the server, not from what
@@ -11,6 +11,10 @@ reuses ``s3pull.emulator.moto_server()`` unchanged and adds three bench-only hoo
   case's counts;
 - the moment each SQS message is enqueued is recorded: that is when it becomes visible,
   the start of "message visible -> file renamed";
+- while asked to, the moment each request arrives (its headers read, before moto handles
+  it) is recorded with its operation and User-Agent: the end of "exec -> first request"
+  in the start-up case. ``time.time()``, because the driver's start stamp comes from
+  another process and CLOCK_REALTIME is the clock both share;
 - objects can be created inside moto directly: filling a bucket with 50,000 objects over
   HTTP would take minutes and measure nothing the bench reports. Every tool still lists
   and downloads them over HTTP.
@@ -84,6 +88,12 @@ class Recorder:
         self.record_visible = False
         # (time enqueued, queue name, S3 keys in the body)
         self.visible: list[tuple[float, str, list[str]]] = []
+        # (time received, operation, User-Agent); None while not recording.
+        self.arrivals: list[tuple[float, str, str]] | None = None
+
+
+# Enough for "the first request" of any tool; a bound keeps a forgotten recording small.
+MAX_ARRIVALS = 1000
 
 
 RECORDER = Recorder()
@@ -137,6 +147,21 @@ def install_hooks() -> None:
     for method, operation in SQS_OPERATIONS.items():
         setattr(SQSResponse, method, counted(operation, getattr(SQSResponse, method)))
 
+    original_environ = MotoRequestHandler.make_environ
+
+    def make_environ(self: Any) -> dict[str, Any]:
+        # Called once per request, as soon as its request line and headers are read: the
+        # moment the server has the request, before moto spends anything on it.
+        if RECORDER.arrivals is not None:
+            stamp = time.time()
+            name = classify(self.command, self.path, self.headers, 0)
+            agent = str(self.headers.get("User-Agent", ""))
+            with RECORDER.lock:
+                if RECORDER.arrivals is not None and len(RECORDER.arrivals) < MAX_ARRIVALS:
+                    RECORDER.arrivals.append((stamp, name, agent))
+        environ: dict[str, Any] = original_environ(self)
+        return environ
+
     original_add = Queue.add_message
 
     def add_message(self: Any, message: Any) -> None:
@@ -147,6 +172,7 @@ def install_hooks() -> None:
                 RECORDER.visible.append(entry)
 
     setattr(MotoRequestHandler, "log_request", log_request)  # noqa: B010
+    setattr(MotoRequestHandler, "make_environ", make_environ)  # noqa: B010
     setattr(Queue, "add_message", add_message)  # noqa: B010
 
 
@@ -205,6 +231,14 @@ def handle(command: dict[str, Any]) -> dict[str, Any]:
             RECORDER.record_visible = bool(command["on"])
             RECORDER.visible.clear()
         return {}
+    if op == "record_arrivals":
+        with RECORDER.lock:
+            RECORDER.arrivals = [] if command["on"] else None
+        return {}
+    if op == "arrivals":
+        with RECORDER.lock:
+            arrivals = list(RECORDER.arrivals or ())
+        return {"arrivals": arrivals}
     if op == "visible":
         with RECORDER.lock:
             visible = list(RECORDER.visible)
