@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import Results
-from .goals import Verdict
+from .goals import GOALS_TITLE, Verdict
 
 __all__ = ["render", "write_json"]
 
@@ -53,6 +53,20 @@ SECTIONS: dict[str, tuple[str, list[Column]]] = {
     "ceilings": (
         "Server ceilings (raw HTTP client, same run)",
         [Column("what", "measured"), Column("rate", "rate", N0), Column("unit", "unit")],
+    ),
+    "startup": (
+        "Start-up: exec -> first request at the server (empty bucket, median of the runs)",
+        [
+            Column("tool", "tool"),
+            Column("runs", "runs", N0),
+            Column("first_request_ms", "ms to first request", N0),
+            Column("first_request", "first request"),
+            Column("wall_s", "whole run s", N2),
+            Column("peak_rss_mb", "peak RSS MB", N0),
+            Column("cpu_s", "CPU s", N2),
+            Column("requests", "requests", N0),
+            Column("result", "result"),
+        ],
     ),
     "full_sync": (
         "Full sync of small objects (2 KiB) into an empty directory",
@@ -190,13 +204,14 @@ def render(results: Results, verdicts: Sequence[Verdict], header: str) -> str:
         if rows:
             parts.append(f"### {title}\n\n{table(columns, rows)}")
     goal_columns = [
+        Column("issue", "issue"),
         Column("goal", "goal"),
         Column("target", "target"),
         Column("measured", "measured"),
         Column("verdict", "verdict"),
     ]
     parts.append(
-        "### Goals (issue 7)\n\n" + table(goal_columns, [verdict.row() for verdict in verdicts])
+        f"### {GOALS_TITLE}\n\n" + table(goal_columns, [verdict.row() for verdict in verdicts])
     )
     if results.notes:
         parts.append("Notes:\n" + "\n".join(f"- {note}" for note in results.notes))
