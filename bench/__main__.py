@@ -176,9 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     host["load_at_end"] = _load_average()
     ctx.results.notes.append(f"whole run: {time.monotonic() - began:.0f} s")
     ctx.results.notes.append(
-        f"the driver's peak RSS: {own_peak_rss_mb():.0f} MB. No peak RSS from wait4 reads"
-        " below the driver's peak when the tool started (bench/procs.py): a peak near it is"
-        " an upper bound"
+        f"the driver's peak RSS: {own_peak_rss_mb():.0f} MB. The peak RSS of a running agent"
+        " (s3pull run rows) never reads below the driver's peak at its start (bench/procs.py):"
+        " near it, it is an upper bound"
     )
     verdicts = judge(ctx.results, sizes.mode)
     text = render(ctx.results, verdicts, header(sizes, host, found))

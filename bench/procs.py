@@ -1,20 +1,24 @@
 """Run a command and measure it: wall time, CPU seconds and peak RSS from the kernel.
 
 Peak RSS comes from ``wait4``'s rusage, which the kernel keeps for the child itself, so
-nothing has to sample the process while it runs (and nothing can miss a short peak). It
-has a floor: at exec, Linux folds the memory the child had before exec into that peak, and
-a child started by vfork (as subprocess does) had the parent's, so no child's peak reads
-below the driver's own peak RSS at that moment (``own_peak_rss_mb``). Measured
-2026-12-02: ``/bin/true`` reads 14 MB from a small Python parent, 314 MB from one that
-had touched 300 MB, even after freeing it. A peak at that floor is an upper bound.
+nothing has to sample the process while it runs (and nothing can miss a short peak).
+
+That peak has a floor: at exec, Linux folds the memory the child had before exec into it,
+and a child started by vfork (as subprocess does) had its parent's, so no child's peak
+reads below its parent's own peak RSS. Measured 2026-12-02: ``/bin/true`` reads 14 MB
+from a small Python parent and 314 MB from one that had touched 300 MB, even after freeing
+it. So ``run_measured`` starts each tool from ``bench/launch.py``, a process of about 8 MB
+that waits for it and reports its rusage; ``reap`` (the agent, which the driver signals
+and whose log it reads) still has the driver's peak under it (``own_peak_rss_mb``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -58,35 +62,58 @@ def reap(process: subprocess.Popen[bytes], started: float) -> Measured:
     )
 
 
+LAUNCHER = Path(__file__).with_name("launch.py")
+
+
 def run_measured(
     argv: Sequence[str], env: dict[str, str], log: Path, timeout: float = 1800.0
 ) -> Measured:
-    """Run ``argv`` to completion with its output in ``log``; kill it after ``timeout``."""
+    """Run ``argv`` to completion with its output in ``log``; kill it after ``timeout``.
+
+    Through the launcher (see above); its wall time and start stamp are taken there, just
+    around the tool's own exec and exit."""
     with log.open("ab") as output:
         output.write(f"$ {' '.join(argv)}\n".encode())
         output.flush()
-        started_at = time.time()
+        report_read, report_write = os.pipe()
         started = time.perf_counter()
-        process = subprocess.Popen(
-            list(argv), env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        try:
+            launcher = subprocess.Popen(
+                [sys.executable, "-S", "-E", str(LAUNCHER), str(report_write), *argv],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(report_write,),
+                start_new_session=True,  # its own group: a timeout kills the tool too
+            )
+        finally:
+            os.close(report_write)
         expired = threading.Event()
 
         def kill() -> None:
             expired.set()
-            process.send_signal(signal.SIGKILL)
+            os.killpg(launcher.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            measured = reap(process, started)
+            launcher.wait()
+            # One small write before the launcher exits: whole, or nothing at all.
+            report = os.read(report_read, 65536)
         finally:
             timer.cancel()
-    return dataclasses.replace(measured, timed_out=expired.is_set(), started_at=started_at)
+            os.close(report_read)
+    if not report:
+        # Killed, or the tool could not be started (the launcher's traceback is in the log).
+        code = launcher.returncode if launcher.returncode else 127
+        wall = time.perf_counter() - started
+        return Measured(code, wall, 0.0, 0.0, timed_out=expired.is_set())
+    return Measured(**json.loads(report), timed_out=expired.is_set())
 
 
 def own_peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM): the floor under every child's wait4 peak."""
+    """This process's peak RSS (VmHWM): the floor under the peak of a child it starts."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmHWM:"):
