@@ -6,8 +6,9 @@ Benchmarks measure; nothing here fails the run. A goal whose inputs were not mea
 leaves out) says so and why instead of guessing; a goal measured on fewer items than it
 names (quick mode) is judged and says so.
 
-Ratios read one way throughout: "x1.25" after "A vs B" is B / A for "ahead of" goals (above
-1 is ahead), and measured / limit for "at most" goals (at or below 1 is met).
+Ratios read one way throughout: for "ahead of" goals, how many times faster s3pull is (the
+other tool's time over s3pull's: above 1 is ahead); for "at most" goals, measured / limit
+(at or below 1 is met).
 """
 
 from __future__ import annotations
