@@ -20,9 +20,11 @@ from __future__ import annotations
 import ssl
 import xml.etree.ElementTree as ElementTree
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 from botocore.auth import S3SigV4Auth
@@ -55,6 +57,12 @@ RESPONSE_HEADERS: Final = {
     "x-amz-restore": "Restore",
 }
 PROBE_KEY: Final = "s3pull-probe"
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefix:
+    url: str  # scheme, host and path up to the key, ending in "/"
+    proxy: str | None
 
 
 class LeanBody:
@@ -97,14 +105,15 @@ class LeanS3:
         self._client = client
         self._credentials = credentials
         self._region = region
-        self._prefixes: dict[str, tuple[str, str]] = {}
+        self._prefixes: dict[str, _Prefix] = {}
         self._elsewhere: set[str] = set()  # buckets answered with a region redirect
         context = ssl.create_default_context(cafile=ca_bundle or get_cert_path(True))
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=context),
             timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=read_timeout),
-            # Proxies from HTTPS_PROXY/NO_PROXY, as botocore honours them.
-            trust_env=True,
+            # Not trust_env: it reads the proxy variables and ~/.netrc (in a thread) for
+            # every request. The proxy is looked up once per bucket instead (_prefix).
+            trust_env=False,
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "Content-Type"),
         )
@@ -147,8 +156,8 @@ class LeanS3:
 
     async def _send(self, params: dict[str, Any]) -> aiohttp.ClientResponse:
         bucket, key = params["Bucket"], params["Key"]
-        scheme_host, path = await self._prefix(bucket)
-        url = scheme_host + path + quote(key, safe="/~")
+        prefix = await self._prefix(bucket)
+        url = prefix.url + quote(key, safe="/~")
         headers = {header: params[name] for name, header in CONDITIONS.items() if name in params}
         frozen = await self._credentials.get_frozen_credentials()
         request = AWSRequest(method="GET", url=url, headers=headers)
@@ -156,13 +165,17 @@ class LeanS3:
         # encoded=True: the key's path is sent as signed. yarl would otherwise resolve "."
         # and ".." segments, fetching (and signing for) another key than the one asked.
         return await self._http.get(
-            URL(url, encoded=True), headers=dict(request.headers.items()), allow_redirects=False
+            URL(url, encoded=True),
+            headers=dict(request.headers.items()),
+            allow_redirects=False,
+            proxy=prefix.proxy,
         )
 
-    async def _prefix(self, bucket: str) -> tuple[str, str]:
-        """Scheme and host, and the path every key of ``bucket`` is appended to, as the
-        client's endpoint rules make them (virtual-hosted or path style, FIPS, dualstack,
-        a custom endpoint): read off one presigned URL, once per bucket."""
+    async def _prefix(self, bucket: str) -> _Prefix:
+        """The URL every key of ``bucket`` is appended to, as the client's endpoint rules
+        make it (virtual-hosted or path style, FIPS, dualstack, a custom endpoint): read
+        off one presigned URL, once per bucket. With the proxy botocore would use for it
+        (HTTP_PROXY, HTTPS_PROXY, NO_PROXY)."""
         if bucket not in self._prefixes:
             presigned = await self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": PROBE_KEY}
@@ -170,8 +183,11 @@ class LeanS3:
             parts = urlsplit(presigned)
             if not parts.path.endswith("/" + PROBE_KEY):
                 raise ValueError(f"unexpected presigned URL shape for bucket {bucket}")
-            base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
-            self._prefixes[bucket] = (base, parts.path[: -len(PROBE_KEY)])
+            url = urlunsplit((parts.scheme, parts.netloc, parts.path[: -len(PROBE_KEY)], "", ""))
+            proxy = None
+            if parts.hostname and not proxy_bypass(parts.hostname):
+                proxy = getproxies().get(parts.scheme)
+            self._prefixes[bucket] = _Prefix(url, proxy)
         return self._prefixes[bucket]
 
 
