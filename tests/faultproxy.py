@@ -55,6 +55,7 @@ PIECE = 64 * 1024  # body forwarding granularity (throttling and cuts work at th
 JOURNAL_LENGTH = 10_000
 HOLD_MAX = 180.0  # a blackholed connection is dropped after this long at the latest
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([a-z0-9-]+)/aws4_request")
+_ACCESS_KEY = re.compile(r"Credential=([^/]+)/")
 
 _REASONS = {
     403: "Forbidden",
@@ -234,6 +235,7 @@ class FaultProxy:
         self._rules: list[Rule] = []
         self._counts: Counter[tuple[str, str, str | None]] = Counter()
         self.faults: Counter[str] = Counter()  # action -> times applied (pass excluded)
+        self.access_keys: Counter[str] = Counter()  # access key id -> requests signed with it
         # (monotonic time, service, operation, action) of the latest requests, for figures
         # and for finding out what happened when a test fails.
         self.journal: deque[tuple[float, str, str, str]] = deque(maxlen=JOURNAL_LENGTH)
@@ -352,6 +354,10 @@ class FaultProxy:
         elif "chunked" in (head.get("transfer-encoding") or "").lower():
             body.extend(await _read_chunked(reader))
         request = classify(method, target, head.lowered())
+        signed_by = _ACCESS_KEY.search(head.lowered().get("authorization", ""))
+        if signed_by:
+            with self._lock:
+                self.access_keys[signed_by.group(1)] += 1
         rule = self._decide(request)
 
         if rule is not None and rule.delay:

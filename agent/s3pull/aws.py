@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from s3pull.config import Config
 from s3pull.errors import S3PullError
+from s3pull.s3http import LeanS3
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -143,4 +144,18 @@ async def open_clients(
             )
             for service in services
         }
+        if "s3" in clients:
+            # GetObject, one per object in a sync, is sent lean (s3http.py); the rest is
+            # the client's. Same credentials chain, region, endpoint and pool size.
+            settings = _settings(config, "s3")
+            lean = LeanS3(
+                clients["s3"],
+                await session.get_credentials(),
+                clients["s3"].meta.region_name,
+                connections=settings.max_pool_connections,
+                read_timeout=settings.read_timeout,
+                ca_bundle=session.get_config_variable("ca_bundle"),
+            )
+            stack.push_async_callback(lean.close)
+            clients["s3"] = lean
         yield Clients(**clients)

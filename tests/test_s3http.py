@@ -1,0 +1,170 @@
+"""The lean GetObject (s3http.py) against a real moto server over HTTP: it fetches exactly
+the key asked for, answers like the aiobotocore client it stands in for, sends one
+request where one will do, and leaves retries to botocore.
+"""
+
+from __future__ import annotations
+
+import stat
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import render_config
+from faultproxy import FaultProxy, Rule
+from faults_conftest import through
+from s3pull.aws import error_code, open_clients
+from s3pull.config import parse_config
+from s3pull.emulator import Pipeline
+
+# Keys a URL library would be tempted to normalise, or a shell to split: each must be
+# fetched as itself. "a/../b" is not "b" and "a//b" is not "a/b" to S3.
+AWKWARD_KEYS = (
+    "a/../b",
+    "b",
+    "a//b",
+    "a/b",
+    "./c",
+    "c",
+    "a/./d",
+    "a/..",
+    "sp ace+plus%25",
+    "ü/ñ €",
+    "q?x=1#frag",
+    "~tilde;semi:colon",
+)
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
+    with FaultProxy(moto_endpoint) as running:
+        yield running
+
+
+async def lean_client(pipeline: Pipeline, tmp_path: Path) -> Any:
+    mirror = {"name": "m", "bucket": pipeline.bucket, "prefix": "", "directory": tmp_path / "m"}
+    text = render_config(pipeline, tmp_path / "state", [mirror])
+    return open_clients(parse_config(text, tmp_path / "s3pull.toml"), "s3")
+
+
+@pytest.fixture
+async def s3_via_proxy(pipeline: Pipeline, proxy: FaultProxy, tmp_path: Path) -> AsyncIterator[Any]:
+    async with await lean_client(through(pipeline, proxy.url), tmp_path) as clients:
+        yield clients.s3
+
+
+async def test_every_key_is_fetched_as_itself_in_one_request(
+    s3: Any, pipeline: Pipeline, proxy: FaultProxy, s3_via_proxy: Any
+) -> None:
+    for index, key in enumerate(AWKWARD_KEYS):
+        s3.put_object(Bucket=pipeline.bucket, Key=key, Body=f"{index}:{key}".encode())
+    for index, key in enumerate(AWKWARD_KEYS):
+        response = await s3_via_proxy.get_object(Bucket=pipeline.bucket, Key=key)
+        async with response["Body"] as body:
+            assert await body.read() == f"{index}:{key}".encode(), key
+        assert proxy.seen("s3", "GetObject", key) == 1, key
+
+
+async def test_answers_carry_what_the_client_would_return(
+    s3: Any, pipeline: Pipeline, s3_via_proxy: Any
+) -> None:
+    s3.put_object(Bucket=pipeline.bucket, Key="k", Body=b"0123456789", ContentType="text/csv")
+    lean = await s3_via_proxy.get_object(Bucket=pipeline.bucket, Key="k")
+    client = await s3_via_proxy._client.get_object(Bucket=pipeline.bucket, Key="k")
+    for response in (lean, client):
+        async with response["Body"] as body:
+            assert await body.read() == b"0123456789"
+    for field in ("ETag", "ContentLength", "LastModified", "ContentType"):
+        assert lean[field] == client[field], field
+
+    ranged = await s3_via_proxy.get_object(Bucket=pipeline.bucket, Key="k", Range="bytes=2-4")
+    async with ranged["Body"] as body:
+        assert await body.read() == b"234"
+    assert ranged["ContentRange"] == "bytes 2-4/10"
+    assert ranged["ResponseMetadata"]["HTTPStatusCode"] == 206
+
+
+async def test_final_answers_are_errors_like_the_clients(
+    s3: Any, pipeline: Pipeline, proxy: FaultProxy, s3_via_proxy: Any
+) -> None:
+    etag = s3.put_object(Bucket=pipeline.bucket, Key="k", Body=b"v1")["ETag"]
+    cases = {
+        "304": {"IfNoneMatch": etag},
+        "PreconditionFailed": {"IfMatch": '"0123456789abcdef0123456789abcdef"'},
+    }
+    for code, condition in cases.items():
+        with pytest.raises(ClientError) as raised:
+            await s3_via_proxy.get_object(Bucket=pipeline.bucket, Key="k", **condition)
+        assert error_code(raised.value) == code
+    with pytest.raises(ClientError) as raised:
+        await s3_via_proxy.get_object(Bucket=pipeline.bucket, Key="missing")
+    assert error_code(raised.value) == "NoSuchKey"
+    # Final answers are not asked again.
+    assert proxy.seen("s3", "GetObject") == 3
+
+
+async def test_throttling_and_refused_connections_go_through_botocores_retries(
+    s3: Any, pipeline: Pipeline, proxy: FaultProxy, s3_via_proxy: Any
+) -> None:
+    s3.put_object(Bucket=pipeline.bucket, Key="slow", Body=b"eventually")
+    s3.put_object(Bucket=pipeline.bucket, Key="refused", Body=b"also")
+    proxy.add(Rule("error", "s3", "GetObject", key_prefix="slow", times=3, code="SlowDown"))
+    proxy.add(Rule("refuse", "s3", "GetObject", key_prefix="refused", times=2))
+    for key, content in (("slow", b"eventually"), ("refused", b"also")):
+        response = await s3_via_proxy.get_object(Bucket=pipeline.bucket, Key=key)
+        async with response["Body"] as body:
+            assert await body.read() == content
+    # The lean request, then the client's attempts until one gets through.
+    assert proxy.seen("s3", "GetObject", "slow") == 4
+    assert proxy.seen("s3", "GetObject", "refused") == 3
+
+
+def credential_process(tmp_path: Path) -> Path:
+    """A credential_process that counts its calls and hands out credentials expiring in a
+    minute: botocore must ask again before every request (it refreshes within 10)."""
+    script = tmp_path / "credentials.py"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import datetime, json, pathlib\n"
+        f"counter = pathlib.Path({str(tmp_path / 'calls')!r})\n"
+        "calls = int(counter.read_text()) + 1 if counter.exists() else 1\n"
+        "counter.write_text(str(calls))\n"
+        "expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': f'AKIDROTATED{calls}',\n"
+        "    'SecretAccessKey': 'secret', 'SessionToken': 'token',\n"
+        "    'Expiration': expires.isoformat()}))\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+async def test_credentials_come_from_the_chain_and_are_refreshed(
+    s3: Any,
+    pipeline: Pipeline,
+    proxy: FaultProxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    profile = tmp_path / "aws-config"
+    profile.write_text(f"[profile rotating]\ncredential_process = {credential_process(tmp_path)}\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(profile))
+    monkeypatch.setenv("AWS_PROFILE", "rotating")
+    s3.put_object(Bucket=pipeline.bucket, Key="k", Body=b"signed")
+    async with await lean_client(through(pipeline, proxy.url), tmp_path) as clients:
+        before = int((tmp_path / "calls").read_text())
+        for _ in range(3):
+            response = await clients.s3.get_object(Bucket=pipeline.bucket, Key="k")
+            async with response["Body"] as body:
+                assert await body.read() == b"signed"
+    after = int((tmp_path / "calls").read_text())
+    assert after >= before + 3
+    assert proxy.seen("s3", "GetObject", "k") == 3
+    # Each GET signed with fresh credentials, handed out after the client was created.
+    assert sorted(proxy.access_keys.values()) == [1, 1, 1]
+    assert all(int(key.removeprefix("AKIDROTATED")) > before for key in proxy.access_keys)
