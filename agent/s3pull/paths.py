@@ -423,9 +423,11 @@ class AtomicWriter:
                 if not _remove_empty_dir(self._walk.parent_fd, self._name):
                     raise
             with _naming(self._temp_path):
+                # Read-write: a ranged download hashes what it wrote by reading it back
+                # through a duplicate of this descriptor (s3pull.ranged).
                 self._fd = os.open(
                     self.temp_name,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                     0o600,  # until its mode and group are set, a moment later
                     dir_fd=self._walk.parent_fd,
                 )
@@ -449,6 +451,40 @@ class AtomicWriter:
                 written = os.write(self._fd, view)
                 view = view[written:]
         self.bytes_written += len(data)
+
+    def preallocate(self, size: int) -> None:
+        """Reserve ``size`` bytes for the file before writing it out of order: a full
+        disk shows now rather than after most of a large download, and ranges written
+        in parallel land in one extent instead of interleaved fragments. File systems
+        without fallocate (some network ones) simply skip it."""
+        assert self._fd is not None, "preallocate after commit or abort"
+        try:
+            with _naming(self._temp_path):
+                os.posix_fallocate(self._fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
+    def write_at(self, data: bytes, offset: int) -> None:
+        """Write ``data`` at ``offset``: the parts of a ranged download arrive out of
+        order. The descriptor is looked up on every call, so a part still arriving after
+        an abort fails here instead of writing through a closed (reused) descriptor."""
+        assert self._fd is not None, "write after commit or abort"
+        view = memoryview(data)
+        with _naming(self._temp_path):
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view = view[written:]
+                offset += written
+        self.bytes_written += len(data)
+
+    def duplicate(self) -> int:
+        """A second descriptor of the temporary file, for reading it back in another
+        thread. It stays valid (reading the same bytes) even if this writer is aborted
+        meanwhile, so that thread never reads through a descriptor closed under it; the
+        caller closes it."""
+        assert self._fd is not None, "duplicate after commit or abort"
+        return os.dup(self._fd)
 
     def claim(self) -> None:
         """Call on the event loop before running ``commit`` in a thread: from then on a
