@@ -29,6 +29,7 @@ what happens to a request. A rule is active until it has been applied ``times`` 
 
 ``key_prefix`` matches an object's key, or the ``prefix`` of a ListObjectsV2 request: a
 403 rule on a listing stands for ``s3:ListBucket`` granted only outside that prefix.
+``ranged`` tells the parts of a large object (GETs with a Range header) from plain GETs.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Request:
     method: str
     path: str
     key: str | None  # S3 object key (decoded), a listing's prefix, None for the rest
+    ranged: bool = False  # sent with a Range header (a part of a large object)
 
 
 @dataclass(eq=False)
@@ -82,6 +84,7 @@ class Rule:
     service: str | None = None  # None: any service
     operation: str | None = None  # None: any operation of the service
     key_prefix: str | None = None  # S3 only: the object key starts with this
+    ranged: bool | None = None  # only requests with (True) or without (False) a Range header
     times: int | None = None  # applied at most this many times
     seconds: float | None = None  # active this long from when it was added
     delay: float = 0.0  # seconds before anything is sent (any action)
@@ -113,6 +116,7 @@ class Rule:
                 self.key_prefix is None
                 or (request.key is not None and request.key.startswith(self.key_prefix))
             )
+            and (self.ranged is None or self.ranged == request.ranged)
         )
 
 
@@ -137,7 +141,7 @@ def classify(method: str, target: str, headers: dict[str, str]) -> Request:
                 "PUT": "PutObject",
                 "DELETE": "DeleteObject",
             }.get(method, f"{method}Object")
-            return Request(service, operation, method, path, unquote(key))
+            return Request(service, operation, method, path, unquote(key), "range" in headers)
         if method == "GET" and "list-type=2" in query:
             prefix = parse_qs(query).get("prefix", [""])[0]
             return Request(service, "ListObjectsV2", method, path, prefix)
