@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from botocore.exceptions import ClientError, IncompleteReadError, ResponseStreamingError
@@ -22,6 +22,9 @@ from s3pull.aws import error_code, is_gone
 from s3pull.bandwidth import TokenBucket
 from s3pull.errors import S3PullError
 from s3pull.paths import DEFAULT_ATTRIBUTES, AtomicWriter, Attributes
+
+if TYPE_CHECKING:
+    from s3pull.ranged import Tuning
 
 __all__ = [
     "GONE",
@@ -105,6 +108,7 @@ async def download(
     if_match: str | None = None,
     attributes: Attributes = DEFAULT_ATTRIBUTES,
     limiter: TokenBucket | None = None,
+    tuning: Tuning | None = None,
 ) -> Downloaded | str:
     """Make ``root/parts`` equal to ``s3://bucket/key``.
 
@@ -115,7 +119,8 @@ async def download(
     the object changed or is gone. Raises ``UnsafeKey`` when a symlink or directory
     stands in the way, ``IntegrityError`` on a short or corrupt body,
     ``ClientError``/``OSError`` otherwise. The file gets ``attributes`` (mode, group)
-    before it appears; ``limiter`` paces the body's bytes.
+    before it appears; ``limiter`` paces the body's bytes. An object of at least
+    ``tuning.threshold`` bytes comes as parallel ranged GETs (``s3pull.ranged``).
     """
     request: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if if_none_match:
@@ -143,6 +148,13 @@ async def download(
                 return GONE
             raise
         try:
+            # Imported here: s3pull.ranged builds on this module.
+            from s3pull import ranged
+
+            if ranged.wanted(response, tuning):
+                return await ranged.fetch(
+                    s3, request, response, key, root, parts, attributes, limiter, tuning
+                )
             return await _write_body(response, key, root, parts, attributes, limiter)
         except RETRIED_BODY_ERRORS as exc:
             if attempt == BODY_ATTEMPTS:
