@@ -1,7 +1,7 @@
 """One large object: throughput and peak RSS of s3pull against ``aws s3 cp`` (and s5cmd).
 
-awscli and s5cmd fetch large objects as parallel ranged GETs; s3pull streams one GET
-into its temporary file. moto answers every ranged GET by reading the whole object into
+awscli, s5cmd and s3pull (from 256 MiB, ``s3pull.ranged``) fetch large objects as
+parallel ranged GETs. moto answers every ranged GET by reading the whole object into
 memory first, so on moto ranged readers pay for the object once per range; the server's
 own peak RSS is recorded per tool to show it.
 """
