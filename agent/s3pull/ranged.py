@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # Chosen by measurement on s3rver and moto (bench/README.md, "Large objects: ranged GETs").
 # Large parts: moto reads the whole object for every ranged GET, so 16 MiB parts made a
-# 1 GiB object 9x slower there, 64 MiB parts 2.4x, 128 MiB 1.5x, while s3rver could not
+# 1 GiB object 9x slower there, 64 MiB parts 2.4x, 128 MiB 1.5-1.8x, while s3rver could not
 # tell 32, 64 and 128 MiB apart. The threshold is two parts: a ranged GET for less earns
 # nothing.
 PART_SIZE: Final = 128 << 20
