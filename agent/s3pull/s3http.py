@@ -57,6 +57,7 @@ RESPONSE_HEADERS: Final = {
     "x-amz-restore": "Restore",
 }
 PROBE_KEY: Final = "s3pull-probe"
+ERROR_BODY_LIMIT: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,11 @@ class LeanS3:
             # Before any byte of the body: the client's retries decide, with backoff.
             return await self._by_client(params)
         if response.status in (200, 206):
-            return _as_botocore(response)
+            if "Content-Length" in response.headers and "Last-Modified" in response.headers:
+                return _as_botocore(response)
+            # Not what S3 sends (a proxy re-chunking the body?): the client's parser decides.
+            response.release()
+            return await self._by_client(params)
         error = await _error_of(response)
         code = error.response["Error"]["Code"]
         if response.status in FINAL_STATUSES or code in FINAL_ERROR_CODES:
@@ -195,7 +200,7 @@ def _as_botocore(response: aiohttp.ClientResponse) -> dict[str, Any]:
     headers = response.headers
     result: dict[str, Any] = {
         "Body": LeanBody(response),
-        "ContentLength": int(headers.get("Content-Length", "0")),
+        "ContentLength": int(headers["Content-Length"]),
         "LastModified": parsedate_to_datetime(headers["Last-Modified"]),
         "ResponseMetadata": {"HTTPStatusCode": response.status, "HTTPHeaders": dict(headers)},
     }
@@ -209,7 +214,8 @@ async def _error_of(response: aiohttp.ClientResponse) -> ClientError:
     """The ``ClientError`` botocore would raise: S3's XML error code, or the bare status
     when there is no body (304, HEAD-like answers)."""
     async with response:
-        body = await response.read()
+        # S3's error documents are a few hundred bytes; never hold more of an answer.
+        body = await response.content.read(ERROR_BODY_LIMIT)
     code, message = str(response.status), response.reason or ""
     if body:
         try:
