@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import io
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO, cast
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar, cast
 
-from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
-
-from s3pull import __version__
-from s3pull.config import Config, default_config_path, load_config
-from s3pull.errors import ConfigError
-from s3pull.identity import Identity
+from s3pull.errors import ConfigError, StateDirectoryBusy
 from s3pull.logsafe import EscapingFormatter, escape_controls
-from s3pull.status import StateDirectoryBusy, claim_state_directory
 
-if TYPE_CHECKING:  # imported by `sync` only: every other verb stays light
+# Each verb imports what it uses, after the arguments are parsed: `--help`, a usage error
+# and the verbs that never talk to AWS do not pay for botocore, aiohttp and the rest
+# (bench/README.md, "What the profiler says about the agent").
+if TYPE_CHECKING:
+    from s3pull.config import Config
+    from s3pull.identity import Identity
     from s3pull.progress import TerminalProgress
 
 __all__ = ["main"]
@@ -35,6 +33,16 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_CONFIG: Final = 78  # EX_CONFIG from sysexits.h; the unit's RestartPreventExitStatus
+
+
+_T = TypeVar("_T")
+
+
+def _run(work: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run``, importing asyncio (40 ms with ssl) only for a verb that runs."""
+    import asyncio
+
+    return asyncio.run(work)
 
 
 class _Shown(logging.Filter):
@@ -97,6 +105,26 @@ def setup_logging(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class _Version(argparse.Action):
+    """argparse's ``version`` action, asking for the version only when ``--version`` is
+    given: finding it costs an ``importlib.metadata`` scan every other run would pay."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from s3pull import __version__
+
+        print(f"s3pull {__version__}")  # on stdout, as argparse's own action does
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from s3pull.helptext import README, VERBS, description, epilog
 
@@ -107,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"more: README.md ({README}); man s3pull",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"s3pull {__version__}")
+    parser.add_argument("--version", action=_Version, help="show program's version number and exit")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -266,6 +294,10 @@ def _verb(argv: Sequence[str] | None) -> int:
 
         bar = TerminalProgress(sys.stderr)
     setup_logging(verbose, quiet=quiet, bar=bar)
+    from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+
+    from s3pull.config import default_config_path, load_config
+
     try:
         if args.verb == "demo":
             if args.serve:
@@ -278,40 +310,40 @@ def _verb(argv: Sequence[str] | None) -> int:
         config_path: Path = args.config or default_config_path()
         configured = load_config(config_path)
         # Every verb but the demo talks to AWS: find the region before anything says OK.
-        config = asyncio.run(with_region(configured))
+        config = _run(with_region(configured))
         if args.verb == "check":
-            return asyncio.run(check(config, probe=args.probe))
+            return _run(check(config, probe=args.probe))
         if args.verb in ("provision", "deprovision"):
             from s3pull.fleet import deprovision_command, provision_command, require_topic
 
             require_topic(config, args.verb)
-            identity = asyncio.run(identify(config))
+            identity = _run(identify(config))
             verb = provision_command if args.verb == "provision" else deprovision_command
-            return asyncio.run(verb(config, identity))
+            return _run(verb(config, identity))
         if args.verb in ("status", "dlq"):
             from s3pull import operate
 
-            url = getattr(args, "queue_url", None) or asyncio.run(own_queue_url(config))
+            url = getattr(args, "queue_url", None) or _run(own_queue_url(config))
             if args.verb == "status":
                 with naming_state_directory(config):
                     status = operate.status_command(config, url, as_json=args.json)
-                    return asyncio.run(status)
+                    return _run(status)
             if url is None:
                 raise ConfigError(str(config.path), "queue", "this server's queue does not exist")
             if args.dlq_verb == "list":
-                return asyncio.run(operate.dlq_list_command(config, url, args.max, args.json))
-            return asyncio.run(operate.dlq_redrive_command(config, url, args.max))
+                return _run(operate.dlq_list_command(config, url, args.max, args.json))
+            return _run(operate.dlq_redrive_command(config, url, args.max))
         if args.verb == "gc":
             from s3pull.fleet import gc_command, require_topic
 
             require_topic(config, "gc")
             region = config.aws.region or config.queue.topic_region
             stale = timedelta(hours=args.stale_after)
-            return asyncio.run(gc_command(config, region, stale, dry_run=args.dry_run))
+            return _run(gc_command(config, region, stale, dry_run=args.dry_run))
         if args.verb == "fleet":
             return fleet(config, args)
         if args.verb == "sync":
-            return asyncio.run(
+            return _run(
                 sync(
                     config,
                     dry_run=args.dry_run,
@@ -353,30 +385,31 @@ def fleet(config: Config, args: argparse.Namespace) -> int:
     from s3pull import fleetview
 
     if args.fleet_verb == "status":
-        return asyncio.run(fleetview.fleet_status_command(config, as_json=args.json))
+        return _run(fleetview.fleet_status_command(config, as_json=args.json))
     try:
         since = fleetview.parse_since(args.since) if args.since else None
     except ValueError:
         print(f"s3pull: --since {args.since!r}: not an ISO 8601 time", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(fleetview.fleet_wait_command(config, since, args.key, args.timeout))
+    return _run(fleetview.fleet_wait_command(config, since, args.key, args.timeout))
 
 
 def run(config: Config, configured: Config) -> int:
     """The daemon on ``config`` (the region resolved); ``configured`` is the file as
     written, from which instance metadata is asked for what it leaves out."""
     from s3pull.daemon import Daemon
+    from s3pull.identity import Identity
 
     # First of all: a second agent on this state directory would share its ledger and
     # overwrite its status. Released at the end, or by the kernel if we crash.
     with claim(config, "run"):
         # The instance id names a per-server queue and each trigger result.
         if config.queue.topic_arn or any(t.results for t in config.triggers):
-            identity = asyncio.run(identify(configured))
+            identity = _run(identify(configured))
         else:
             # The region rides on the identity: a reloaded file may leave it out again.
             identity = Identity(config.agent.instance_id, config.aws.region, from_metadata=False)
-        return asyncio.run(Daemon(config, identity).run())
+        return _run(Daemon(config, identity).run())
 
 
 @contextlib.contextmanager
@@ -409,6 +442,8 @@ def naming_state_directory(config: Config) -> Iterator[None]:
 @contextlib.contextmanager
 def claim(config: Config, verb: str) -> Iterator[None]:
     """The state directory, held for this verb (see ``claim_state_directory``)."""
+    from s3pull.status import claim_state_directory
+
     with contextlib.ExitStack() as held:
         with naming_state_directory(config):
             held.enter_context(claim_state_directory(config.agent.state_directory, verb))
@@ -444,6 +479,8 @@ async def own_queue_url(config: Config) -> str | None:
     """This server's queue: the configured URL, or the provisioned one's (looked up)."""
     if config.queue.url is not None:
         return config.queue.url
+    from botocore.exceptions import ClientError
+
     from s3pull.aws import open_clients
 
     identity = await identify(config)
@@ -459,7 +496,12 @@ async def own_queue_url(config: Config) -> str | None:
 async def identify(config: Config) -> Identity:
     """Instance id and region for a provisioned queue; a configuration error when
     neither the configuration nor instance metadata can tell."""
-    from s3pull.identity import InstanceMetadata, MetadataUnavailable, resolve_identity
+    from s3pull.identity import (
+        Identity,
+        InstanceMetadata,
+        MetadataUnavailable,
+        resolve_identity,
+    )
 
     try:
         identity = await resolve_identity(config, InstanceMetadata())

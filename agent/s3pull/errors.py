@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__ = [
     "ConfigError",
     "LedgerBusy",
     "LedgerUnavailable",
     "PathCollision",
     "S3PullError",
+    "StateDirectoryBusy",
     "UnparseableBody",
     "UnsafeKey",
 ]
@@ -70,3 +76,11 @@ class LedgerUnavailable(S3PullError, OSError):
     """The ledger cannot be read or written (disk full, an I/O error, a read-only file):
     a local fault, handled like any other OSError (the change is handed back, a
     reconcile retried), never one that stops the daemon."""
+
+
+class StateDirectoryBusy(Exception):
+    """Another s3pull process holds the state directory (``status.claim_state_directory``)."""
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        super().__init__(f"another s3pull ({holder}) is running on the state directory {directory}")
+        self.holder = holder

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+# Defined with the other error types, so that `cli` can catch it without importing this.
+from s3pull.errors import StateDirectoryBusy
+
 __all__ = [
     "LOCK_FILE",
     "STATUS_FILE",
@@ -421,14 +424,6 @@ def verdict(snapshot: dict[str, Any] | None, alive: bool, queues: list[dict[str,
 
 
 # -- one agent per state directory ---------------------------------------------------------
-
-
-class StateDirectoryBusy(Exception):
-    """Another s3pull process holds the state directory."""
-
-    def __init__(self, directory: Path, holder: str) -> None:
-        super().__init__(f"another s3pull ({holder}) is running on the state directory {directory}")
-        self.holder = holder
 
 
 @contextlib.contextmanager
