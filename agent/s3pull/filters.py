@@ -16,9 +16,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pathspec import PathSpec, Pattern
-from pathspec.patterns.gitignore import GitIgnorePatternError
+# pathspec is imported only where patterns are compiled: a mirror that keeps every key (the
+# default) never needs it, and it costs every start 10-30 ms.
+if TYPE_CHECKING:
+    from pathspec import PathSpec, Pattern
 
 __all__ = ["ALL", "KeyFilter", "key_filter", "pattern_problem"]
 
@@ -36,6 +39,9 @@ def pattern_problem(pattern: str) -> str | None:
         return f"must not start or end with spaces, got {pattern!r}"
     if pattern.startswith("#"):
         return f"is a comment in .gitignore syntax and would match nothing, got {pattern!r}"
+    from pathspec import PathSpec
+    from pathspec.patterns.gitignore import GitIgnorePatternError
+
     try:
         spec = PathSpec.from_lines(_FLAVOUR, [pattern])
     except (GitIgnorePatternError, ValueError) as exc:
@@ -47,15 +53,15 @@ def pattern_problem(pattern: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class KeyFilter:
-    """Compiled ``include`` and ``exclude`` lists of one mirror."""
+    """Compiled ``include`` and ``exclude`` lists of one mirror; None for both when it keeps
+    every key (the common case: nothing to compile, nothing to match)."""
 
-    include: PathSpec[Pattern]
-    exclude: PathSpec[Pattern]
-    everything: bool  # include everything, exclude nothing: the common case, no matching
+    include: PathSpec[Pattern] | None
+    exclude: PathSpec[Pattern] | None
 
     def selects(self, relative: str) -> bool:
         """Is the key ``relative`` (below the mirror's prefix) one the mirror keeps?"""
-        if self.everything:
+        if self.include is None or self.exclude is None:
             return True
         return self.include.match_file(relative) and not self.exclude.match_file(relative)
 
@@ -64,8 +70,11 @@ class KeyFilter:
 def key_filter(include: Sequence[str], exclude: Sequence[str]) -> KeyFilter:
     """The compiled filter for validated pattern lists (cached: configurations are
     compared and rebuilt on reload, the patterns rarely change)."""
+    if tuple(include) == ALL and not exclude:
+        return KeyFilter(include=None, exclude=None)
+    from pathspec import PathSpec
+
     return KeyFilter(
         include=PathSpec.from_lines(_FLAVOUR, include),
         exclude=PathSpec.from_lines(_FLAVOUR, exclude),
-        everything=tuple(include) == ALL and not exclude,
     )
