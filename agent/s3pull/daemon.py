@@ -66,7 +66,7 @@ class Daemon:
         self.identity = identity or Identity(config.agent.instance_id, None, from_metadata=False)
         self.notifier = notifier or Notifier()
         self.stats = Stats()
-        self.metrics = Metrics()
+        self.metrics = Metrics(enabled=config.metrics is not None)
         self.recorder = Recorder(self.stats, self.metrics)
         # Local errors of every mirror, one line per cause and interval (issue 16).
         self.repeats = Repeats(DAEMON_INTERVAL)

@@ -1,16 +1,17 @@
-"""Prometheus metrics: recorded always (cheap), served when ``[metrics] listen`` is set."""
+"""Prometheus metrics: recorded when ``[metrics] listen`` is set (cheap), and served."""
 
 from __future__ import annotations
 
 import logging
-from typing import Final
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from typing import TYPE_CHECKING, Final, Protocol
 
 from s3pull.config import MetricsConfig
 from s3pull.errors import UnsafeKey
 from s3pull.mirror import Applied
 from s3pull.status import Stats
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["Metrics", "Recorder"]
 
@@ -20,12 +21,67 @@ _LAG_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 36
 _DURATION_BUCKETS: Final = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
 
 
-class Metrics:
-    """Every metric s3pull exports, in a registry of its own."""
+class _Counter(Protocol):
+    def labels(self, *values: str) -> _Counter: ...
+    def inc(self, amount: float = 1) -> None: ...
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+
+class _Gauge(Protocol):
+    def labels(self, *values: str) -> _Gauge: ...
+    def set(self, value: float) -> None: ...
+
+
+class _Histogram(Protocol):
+    def labels(self, *values: str) -> _Histogram: ...
+    def observe(self, amount: float) -> None: ...
+
+
+class _Unrecorded:
+    """Every metric while nothing will serve it: recording one costs a call."""
+
+    def labels(self, *values: str) -> _Unrecorded:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+class Metrics:
+    """Every metric s3pull exports, in a registry of its own.
+
+    Without ``enabled`` (no ``[metrics] listen``) nothing is recorded and prometheus_client
+    is not even imported: it costs a daemon 30-60 ms of start-up and about 1 MB for numbers
+    nobody can read. A reload that adds ``[metrics]`` starts them from zero (``serve``), as
+    a restart would; Prometheus reads that as a counter reset.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        unrecorded = _Unrecorded()
+        self.changes: _Counter = unrecorded
+        self.bytes: _Counter = unrecorded
+        self.errors: _Counter = unrecorded
+        self.refused: _Counter = unrecorded
+        self.trigger_runs: _Counter = unrecorded
+        self.trigger_seconds: _Histogram = unrecorded
+        self.queue_lag: _Histogram = unrecorded
+        self.reconcile_seconds: _Histogram = unrecorded
+        self.held_back: _Gauge = unrecorded
+        self.on_change_runs: _Counter = unrecorded
+        self.in_flight: _Gauge = unrecorded
+        self.registry: CollectorRegistry | None = None
+        if enabled:
+            self._record()
+
+    def _record(self) -> CollectorRegistry:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
         self.changes = Counter(
             "s3pull_changes_applied",
             "Changes applied to mirrors, by outcome.",
@@ -83,10 +139,14 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("s3pull_messages_in_flight", "Messages being worked on.", registry=r)
+        return r
 
     def serve(self, config: MetricsConfig) -> None:
         """Serve /metrics in Prometheus text format from a background thread."""
-        start_http_server(config.port, addr=config.host, registry=self.registry)
+        from prometheus_client import start_http_server
+
+        registry = self._record() if self.registry is None else self.registry
+        start_http_server(config.port, addr=config.host, registry=registry)
         log.info("serving metrics on http://%s/metrics", config.listen)
 
 
