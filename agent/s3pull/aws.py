@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiohttp import ClientError as HttpError
 from botocore.exceptions import BotoCoreError, ClientError
 
+from s3pull.botodata import lean_loader
 from s3pull.config import Config
 from s3pull.errors import S3PullError
 from s3pull.s3http import LeanS3
@@ -132,6 +133,10 @@ async def open_clients(
     each client costs start-up time and about 10 MB. ``region`` overrides the configured
     one (the region instance metadata reported)."""
     session = get_session()
+    # botocore's data for s3pull's services only, as plain dicts: the first client is
+    # ready about a quarter sooner, and the clients hold half the memory (botodata.py).
+    data_path = session.get_config_variable("data_path")
+    session.register_component("data_loader", lean_loader(data_path, get_args(Service)))
     async with contextlib.AsyncExitStack() as stack:
         clients = {
             service: await stack.enter_async_context(
