@@ -19,6 +19,7 @@ from typing import Any, Final
 from s3pull.aws import Clients, Service, open_clients
 from s3pull.config import Config, TriggerConfig
 from s3pull.dispatch import Consumer, Dispatcher
+from s3pull.heap import release_free_memory
 from s3pull.identity import Identity
 from s3pull.inbox import Inbox
 from s3pull.ledger import Ledger
@@ -385,6 +386,8 @@ class Daemon:
 
     async def _main_loop(self, consumers: list[Consumer], mirrors: list[Mirror]) -> None:
         self._set_phase("in sync")
+        # Start-up is over: what it freed goes back to the kernel before the agent idles.
+        release_free_memory()
         self.notifier.ready(self.stats.line())
         # A poller that fails for good (a bug, not a transient error) takes the others
         # down with it and the daemon exits non-zero for systemd to restart it.
