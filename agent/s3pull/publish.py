@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from s3pull import __version__
+import s3pull
 from s3pull.aws import TRANSIENT_ERRORS
 from s3pull.statetags import AgentState
 from s3pull.status import Stats
@@ -97,7 +97,7 @@ class StatePublisher:
             await self._prove_applied_through()
             state = AgentState(
                 instance_id=self._instance_id,
-                version=__version__,
+                version=s3pull.__version__,  # looked up on first use (s3pull/__init__)
                 phase=str(news[0]),
                 applied_through=self._through(),
                 last_error=self._last_error(),
