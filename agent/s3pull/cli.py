@@ -464,10 +464,10 @@ async def with_region(config: Config) -> Config:
     """``config`` with its region filled in from the sources after the file (the
     environment, instance metadata); a configuration error naming ``[aws] region`` when
     none can tell."""
-    from s3pull.identity import InstanceMetadata, MetadataUnavailable, resolve_region
-
     if config.aws.region:
         return config
+    from s3pull.identity import InstanceMetadata, MetadataUnavailable, resolve_region
+
     try:
         region = await resolve_region(config, InstanceMetadata())
     except MetadataUnavailable as exc:
