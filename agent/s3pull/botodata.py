@@ -48,14 +48,35 @@ class _PlainJSONFiles(JSONFileLoader):  # type: ignore[misc]  # botocore is unty
             if suffix == ".json.gz":
                 payload = gzip.decompress(payload)
             data = json.loads(payload.decode("utf-8"))
-            if os.path.basename(file_path) == "endpoints":
+            kind = os.path.basename(file_path)
+            if kind == "endpoints":
                 for partition in data.get("partitions", ()):
                     everything = partition.get("services", {})
                     partition["services"] = {
                         name: entry for name, entry in everything.items() if name in self._services
                     }
+            elif kind == "service-2":
+                _drop_documentation(data)
             return data
         return None
+
+
+def _drop_documentation(model: dict[str, Any]) -> None:
+    """A service model without its documentation (40% of S3's model): only the docstrings
+    botocore builds on demand read it, and nothing in s3pull asks for them."""
+    model.pop("documentation", None)
+    for operation in model.get("operations", {}).values():
+        operation.pop("documentation", None)
+        operation.pop("documentationUrl", None)
+        for reference in (operation.get("input"), operation.get("output")):
+            if reference is not None:
+                reference.pop("documentation", None)
+        for error in operation.get("errors", ()):
+            error.pop("documentation", None)
+    for shape in model.get("shapes", {}).values():
+        shape.pop("documentation", None)
+        for member in shape.get("members", {}).values():
+            member.pop("documentation", None)
 
 
 class _ServicesLoader(Loader):  # type: ignore[misc]  # botocore is untyped
