@@ -66,6 +66,10 @@ class StatePublisher:
         self._tokens = BURST  # a token bucket: one publication each, refilled per interval
         self._refilled_at = time.monotonic()
         self.requests = 0  # sent, for the log line at the end
+        # Looked up here, during start-up (s3pull/__init__): an agent that publishes
+        # nothing never pays for it, and what the lookup leaves behind is freed with the
+        # rest of start-up (heap.py) instead of at the first publication.
+        self._version = s3pull.__version__
 
     def _news(self, phase: str | None = None) -> tuple[object, ...]:
         """What, when it differs from the last publication, is worth publishing."""
@@ -97,7 +101,7 @@ class StatePublisher:
             await self._prove_applied_through()
             state = AgentState(
                 instance_id=self._instance_id,
-                version=s3pull.__version__,  # looked up on first use (s3pull/__init__)
+                version=self._version,
                 phase=str(news[0]),
                 applied_through=self._through(),
                 last_error=self._last_error(),
