@@ -16,10 +16,14 @@ from typing import Any
 from conftest import AGENT_ENV, render_config, wait_until
 from s3pull.emulator import Pipeline
 
-# `python -m s3pull ARGS`, which at exit (however it exits) lists sys.modules in $MODULES.
+# `python -m s3pull ARGS`, which at exit (however it exits) writes to $MODULES the names in
+# sys.modules and whether the garbage collector runs.
 WRAPPER = """
-import atexit, json, os, runpy, sys
-atexit.register(lambda: open(os.environ["MODULES"], "w").write(json.dumps(sorted(sys.modules))))
+import atexit, gc, json, os, runpy, sys
+def report():
+    with open(os.environ["MODULES"], "w") as out:
+        json.dump({"modules": sorted(sys.modules), "collecting": gc.isenabled()}, out)
+atexit.register(report)
 sys.argv[0] = "s3pull"
 runpy.run_module("s3pull", run_name="__main__", alter_sys=True)
 """
@@ -44,7 +48,13 @@ def command(*args: str) -> list[str]:
 
 
 def imported(listing: Path) -> set[str]:
-    return set(json.loads(listing.read_text()))
+    return set(json.loads(listing.read_text())["modules"])
+
+
+def collecting(listing: Path) -> bool:
+    """Was the garbage collector on at exit? The verbs pause it while they import and
+    build their clients (heap.py); one that stayed paused would never free a cycle."""
+    return bool(json.loads(listing.read_text())["collecting"])
 
 
 def heavy(modules: set[str]) -> set[str]:
@@ -60,6 +70,7 @@ def run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], s
         env={**AGENT_ENV, "MODULES": str(listing)},
         timeout=120,
     )
+    assert collecting(listing), args
     return result, imported(listing)
 
 
@@ -123,5 +134,6 @@ def test_agent_without_metrics_never_imports_prometheus(tmp_path: Path, pipeline
                 agent.kill()
                 agent.wait()
     modules = imported(listing)
+    assert collecting(listing)
     assert "watchfiles" in modules  # it does watch its configuration file
     assert {"prometheus_client", "pathspec"} & modules == set()

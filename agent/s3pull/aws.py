@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3pull.botodata import lean_loader
 from s3pull.config import Config
 from s3pull.errors import S3PullError
+from s3pull.heap import resume_collection
 from s3pull.s3http import LeanS3
 
 __all__ = [
@@ -163,4 +164,5 @@ async def open_clients(
             )
             stack.push_async_callback(lean.close)
             clients["s3"] = lean
+        resume_collection()  # start-up's heavy part is over (heap.py)
         yield Clients(**clients)

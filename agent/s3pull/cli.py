@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar, cast
 
 from s3pull.errors import ConfigError, StateDirectoryBusy
+from s3pull.heap import pause_collection
 from s3pull.logsafe import EscapingFormatter, escape_controls
 
 # Each verb imports what it uses, after the arguments are parsed: `--help`, a usage error
@@ -294,6 +295,9 @@ def _verb(argv: Sequence[str] | None) -> int:
 
         bar = TerminalProgress(sys.stderr)
     setup_logging(verbose, quiet=quiet, bar=bar)
+    if args.verb != "demo":
+        # Until the verb's AWS clients exist (aws.open_clients resumes it): heap.py.
+        pause_collection()
     from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
     from s3pull.config import default_config_path, load_config

@@ -1,13 +1,31 @@
-"""Memory the agent freed, handed back to the kernel once it has nothing else to do."""
+"""The garbage collector and the heap around start-up: what start-up builds lives as long
+as the process, and what it frees goes back to the kernel once the agent is idle."""
 
 from __future__ import annotations
 
 import gc
-import logging
 
-__all__ = ["release_free_memory"]
+__all__ = ["pause_collection", "release_free_memory", "resume_collection"]
 
-log = logging.getLogger(__name__)
+
+def pause_collection() -> None:
+    """No garbage collection while a verb imports its modules and builds its clients.
+
+    Those are some 100,000 objects that live as long as the process; collecting while
+    they are made walked them about 170 times to find under 2,000 unreachable ones, some
+    60 ms of a sync's 400 ms start (measured, bench/README.md). ``resume_collection``
+    ends the pause."""
+    gc.disable()
+
+
+def resume_collection() -> None:
+    """End ``pause_collection``'s pause, if there is one: what exists now is moved out of
+    the collector's reach for good (``gc.freeze``), so no later collection walks it again.
+    The few objects start-up left unreachable stay (measured: no change in RSS)."""
+    if gc.isenabled():
+        return  # no pause: not start-up (a reload, a test), nothing to freeze
+    gc.freeze()
+    gc.enable()
 
 
 def release_free_memory() -> None:
