@@ -52,8 +52,8 @@ def imported(listing: Path) -> set[str]:
 
 
 def collecting(listing: Path) -> bool:
-    """Was the garbage collector on at exit? The verbs pause it while they import and
-    build their clients (heap.py); one that stayed paused would never free a cycle."""
+    """Was the garbage collector on at exit? Verbs pause it while they import and build
+    their clients (heap.py); one that stayed paused would never free a cycle."""
     return bool(json.loads(listing.read_text())["collecting"])
 
 
