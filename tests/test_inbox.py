@@ -64,7 +64,7 @@ async def test_acks_one_at_a_time_are_deleted_in_batches_of_ten(
     assert proxy.seen("sqs", "DeleteMessageBatch") == 3
 
 
-async def test_an_ack_just_before_close_is_deleted_at_once(
+async def test_an_ack_just_before_close_is_deleted_in_one_request(
     sqs: Any, pipeline: Pipeline, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     queue_url = empty_queue(sqs)

@@ -57,6 +57,7 @@ class Inbox:
         self._wait_time = wait_time
         self._visibility = visibility_timeout
         self._to_delete: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._closing = False  # close() was called: nothing more to wait for
 
     async def receive(self, most: int = BATCH) -> list[Message]:
         response = await self._sqs.receive_message(
@@ -74,6 +75,7 @@ class Inbox:
 
     def close(self) -> None:
         """No more acks: ``delete_forever`` deletes what is queued, then returns."""
+        self._closing = True
         self._to_delete.put_nowait(None)
 
     async def delete_forever(self) -> None:
@@ -83,7 +85,7 @@ class Inbox:
         closed = False
         while not closed:
             item = await self._to_delete.get()
-            if item is not None and self._to_delete.qsize() < BATCH - 1:
+            if item is not None and not self._closing and self._to_delete.qsize() < BATCH - 1:
                 await asyncio.sleep(DELETE_LINGER_SECONDS)
             batch: list[Message] = []
             while item is not None:

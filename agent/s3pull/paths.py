@@ -455,8 +455,8 @@ class AtomicWriter:
     def preallocate(self, size: int) -> None:
         """Reserve ``size`` bytes for the file before writing it out of order: a full
         disk shows now rather than after most of a large download, and ranges written
-        in parallel land in one extent instead of interleaved fragments. File systems
-        without fallocate (some network ones) simply skip it."""
+        in parallel land in one extent instead of interleaved fragments. Blocking: where
+        the file system has no fallocate, glibc writes every block (run it in a thread)."""
         assert self._fd is not None, "preallocate after commit or abort"
         try:
             with _naming(self._temp_path):

@@ -121,7 +121,9 @@ async def fetch(
     # Closed here whatever happens (twice is harmless): a refused path or a full disk
     # must not leave the first response's connection open.
     with contextlib.closing(response["Body"]), AtomicWriter(root, parts, key, attributes) as writer:
-        writer.preallocate(size)
+        # In a thread: where the file system has no fallocate, glibc emulates it by
+        # writing every block, which must not stall the event loop.
+        await asyncio.to_thread(writer.preallocate, size)
         job = _Job(s3, request, etag, key, size, writer, limiter, tuning)
         hasher = _Hasher(writer.duplicate(), size) if expected_md5 else None
         job.hasher = hasher

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
@@ -64,6 +64,7 @@ ERROR_BODY_LIMIT: Final = 64 * 1024
 class _Prefix:
     url: str  # scheme, host and path up to the key, ending in "/"
     proxy: str | None
+    region: str  # the signing region botocore chose for the bucket
 
 
 class LeanBody:
@@ -98,16 +99,16 @@ class LeanS3:
         self,
         client: Any,
         credentials: Any,
-        region: str,
         connections: int,
         read_timeout: float,
         ca_bundle: str | None,
     ) -> None:
         self._client = client
         self._credentials = credentials
-        self._region = region
         self._prefixes: dict[str, _Prefix] = {}
-        self._elsewhere: set[str] = set()  # buckets answered with a region redirect
+        # Buckets left to the client: a region redirect answered, or signed otherwise
+        # than plain SigV4 for s3 (S3 Express directory buckets: CreateSession).
+        self._elsewhere: set[str] = set()
         context = ssl.create_default_context(cafile=ca_bundle or get_cert_path(True))
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=context),
@@ -134,10 +135,11 @@ class LeanS3:
             or set(params) - {"Bucket", "Key", *CONDITIONS}
             or not isinstance(params.get("Key"), str)
             or params["Bucket"] in self._elsewhere
+            or (prefix := await self._prefix(params["Bucket"])) is None
         ):
             return await self._by_client(params)
         try:
-            response = await self._send(params)
+            response = await self._send(params, prefix)
         except (aiohttp.ClientError, TimeoutError):
             # Before any byte of the body: the client's retries decide, with backoff.
             return await self._by_client(params)
@@ -147,7 +149,10 @@ class LeanS3:
             # Not what S3 sends (a proxy re-chunking the body?): the client's parser decides.
             response.release()
             return await self._by_client(params)
-        error = await _error_of(response)
+        try:
+            error = await _error_of(response)
+        except (aiohttp.ClientError, TimeoutError):
+            return await self._by_client(params)  # cut off while reading the error
         code = error.response["Error"]["Code"]
         if response.status in FINAL_STATUSES or code in FINAL_ERROR_CODES:
             raise error
@@ -159,14 +164,12 @@ class LeanS3:
         response: dict[str, Any] = await self._client.get_object(**params)
         return response
 
-    async def _send(self, params: dict[str, Any]) -> aiohttp.ClientResponse:
-        bucket, key = params["Bucket"], params["Key"]
-        prefix = await self._prefix(bucket)
-        url = prefix.url + quote(key, safe="/~")
+    async def _send(self, params: dict[str, Any], prefix: _Prefix) -> aiohttp.ClientResponse:
+        url = prefix.url + quote(params["Key"], safe="/~")
         headers = {header: params[name] for name, header in CONDITIONS.items() if name in params}
         frozen = await self._credentials.get_frozen_credentials()
         request = AWSRequest(method="GET", url=url, headers=headers)
-        S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
+        S3SigV4Auth(frozen, "s3", prefix.region).add_auth(request)
         # encoded=True: the key's path is sent as signed. yarl would otherwise resolve "."
         # and ".." segments, fetching (and signing for) another key than the one asked.
         return await self._http.get(
@@ -176,23 +179,38 @@ class LeanS3:
             proxy=prefix.proxy,
         )
 
-    async def _prefix(self, bucket: str) -> _Prefix:
+    async def _prefix(self, bucket: str) -> _Prefix | None:
         """The URL every key of ``bucket`` is appended to, as the client's endpoint rules
-        make it (virtual-hosted or path style, FIPS, dualstack, a custom endpoint): read
-        off one presigned URL, once per bucket. With the proxy botocore would use for it
-        (HTTP_PROXY, HTTPS_PROXY, NO_PROXY)."""
+        make it (virtual-hosted or path style, FIPS, dualstack, a custom endpoint), and
+        the region they sign for: read off one presigned URL, once per bucket. With the
+        proxy botocore would use for it (HTTP_PROXY, HTTPS_PROXY, NO_PROXY). None for a
+        bucket the client must sign otherwise than with plain SigV4 for s3."""
+        if bucket in self._elsewhere:
+            return None
         if bucket not in self._prefixes:
             presigned = await self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": PROBE_KEY}
             )
             parts = urlsplit(presigned)
-            if not parts.path.endswith("/" + PROBE_KEY):
-                raise ValueError(f"unexpected presigned URL shape for bucket {bucket}")
+            query = parse_qs(parts.query)
+            # AKID/date/region/service/aws4_request
+            scope = query.get("X-Amz-Credential", [""])[0].split("/")
+            if (
+                not parts.path.endswith("/" + PROBE_KEY)
+                or len(scope) != 5
+                or scope[3] != "s3"
+                or "X-Amz-S3session-Token" in query
+                or bucket.endswith("--x-s3")
+            ):
+                self._elsewhere.add(bucket)
+                return None
             url = urlunsplit((parts.scheme, parts.netloc, parts.path[: -len(PROBE_KEY)], "", ""))
             proxy = None
             if parts.hostname and not proxy_bypass(parts.hostname):
                 proxy = getproxies().get(parts.scheme)
-            self._prefixes[bucket] = _Prefix(url, proxy)
+                if proxy and "://" not in proxy:
+                    proxy = "http://" + proxy  # "proxy:3128", as botocore reads it
+            self._prefixes[bucket] = _Prefix(url, proxy, scope[2])
         return self._prefixes[bucket]
 
 
