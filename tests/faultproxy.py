@@ -240,6 +240,8 @@ class FaultProxy:
         self._counts: Counter[tuple[str, str, str | None]] = Counter()
         self.faults: Counter[str] = Counter()  # action -> times applied (pass excluded)
         self.access_keys: Counter[str] = Counter()  # access key id -> requests signed with it
+        # (service, operation, User-Agent) -> requests: which client sent them
+        self.user_agents: Counter[tuple[str, str, str]] = Counter()
         # (monotonic time, service, operation, action) of the latest requests, for figures
         # and for finding out what happened when a test fails.
         self.journal: deque[tuple[float, str, str, str]] = deque(maxlen=JOURNAL_LENGTH)
@@ -359,9 +361,11 @@ class FaultProxy:
             body.extend(await _read_chunked(reader))
         request = classify(method, target, head.lowered())
         signed_by = _ACCESS_KEY.search(head.lowered().get("authorization", ""))
-        if signed_by:
-            with self._lock:
+        with self._lock:
+            if signed_by:
                 self.access_keys[signed_by.group(1)] += 1
+            agent = head.lowered().get("user-agent", "")
+            self.user_agents[(request.service, request.operation, agent)] += 1
         rule = self._decide(request)
 
         if rule is not None and rule.delay:

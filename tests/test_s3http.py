@@ -19,7 +19,9 @@ from faultproxy import FaultProxy, Rule
 from faults_conftest import through
 from s3pull.aws import error_code, open_clients
 from s3pull.config import parse_config
+from s3pull.download import Downloaded, IntegrityError, download
 from s3pull.emulator import Pipeline
+from s3pull.s3http import USER_AGENT
 
 # Keys a URL library would be tempted to normalise, or a shell to split: each must be
 # fetched as itself. "a/../b" is not "b" and "a//b" is not "a/b" to S3.
@@ -67,6 +69,8 @@ async def test_every_key_is_fetched_as_itself_in_one_request(
         async with response["Body"] as body:
             assert await body.read() == f"{index}:{key}".encode(), key
         assert proxy.seen("s3", "GetObject", key) == 1, key
+    # All of them by the lean path, none by the client.
+    assert proxy.user_agents[("s3", "GetObject", USER_AGENT)] == len(AWKWARD_KEYS)
 
 
 async def test_answers_carry_what_the_client_would_return(
@@ -104,6 +108,7 @@ async def test_final_answers_are_errors_like_the_clients(
         await s3_via_proxy.get_object(Bucket=pipeline.bucket, Key="missing")
     assert error_code(raised.value) == "NoSuchKey"
     # Final answers are not asked again.
+    assert proxy.user_agents[("s3", "GetObject", USER_AGENT)] == 3
     assert proxy.seen("s3", "GetObject") == 3
 
 
@@ -165,6 +170,41 @@ async def test_credentials_come_from_the_chain_and_are_refreshed(
     after = int((tmp_path / "calls").read_text())
     assert after >= before + 3
     assert proxy.seen("s3", "GetObject", "k") == 3
+    assert proxy.user_agents[("s3", "GetObject", USER_AGENT)] == 3
     # Each GET signed with fresh credentials, handed out after the client was created.
     assert sorted(proxy.access_keys.values()) == [1, 1, 1]
     assert all(int(key.removeprefix("AKIDROTATED")) > before for key in proxy.access_keys)
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "SHA256", "SHA1"])
+async def test_where_the_etag_is_no_md5_s3s_checksum_catches_a_corrupt_body(
+    s3: Any,
+    pipeline: Pipeline,
+    proxy: FaultProxy,
+    s3_via_proxy: Any,
+    tmp_path: Path,
+    algorithm: str,
+) -> None:
+    # SSE-KMS: the ETag is no MD5 of the bytes, so only the checksum S3 stored can tell.
+    for key in ("kept", "corrupted"):
+        s3.put_object(
+            Bucket=pipeline.bucket,
+            Key=key,
+            Body=b"hello world",
+            ChecksumAlgorithm=algorithm,
+            ServerSideEncryption="aws:kms",
+        )
+    root = tmp_path / "out"
+    root.mkdir()
+    result = await download(s3_via_proxy, pipeline.bucket, "kept", root, ("kept",))
+    assert isinstance(result, Downloaded) and (root / "kept").read_bytes() == b"hello world"
+
+    # Same length, other bytes: the size check alone would take it.
+    proxy.add(
+        Rule("rewrite", "s3", "GetObject", key_prefix="corrupted", old=b"hello", new=b"jello")
+    )
+    with pytest.raises(IntegrityError, match=f"corrupted: Checksum{algorithm} .* does not match"):
+        await download(s3_via_proxy, pipeline.bucket, "corrupted", root, ("corrupted",))
+    # Three attempts, each by the lean path, each refused.
+    assert proxy.user_agents[("s3", "GetObject", USER_AGENT)] == 1 + 3
+    assert sorted(path.name for path in root.iterdir()) == ["kept"]

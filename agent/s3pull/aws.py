@@ -157,6 +157,7 @@ async def open_clients(
             lean = LeanS3(
                 clients["s3"],
                 await session.get_credentials(),
+                clients["s3"].meta.region_name,
                 connections=settings.max_pool_connections,
                 read_timeout=settings.read_timeout,
                 ca_bundle=session.get_config_variable("ca_bundle"),

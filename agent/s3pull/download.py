@@ -8,8 +8,11 @@ check size and MD5 (when the ETag is one), fsync, set mtime, rename.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +101,72 @@ def _md5_expected(response: dict[str, Any]) -> str | None:
     return etag.lower()
 
 
+class _Crc32:
+    """zlib's CRC32 with hashlib's face: S3 sends it as four big-endian bytes."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+# A whole-object checksum S3 stored at upload (x-amz-checksum-*, sent with checksum mode
+# on), for the algorithms the standard library has. CRC32C and CRC64NVME need awscrt,
+# which botocore also needs to check them.
+def _sha256() -> Any:
+    return hashlib.sha256()
+
+
+def _sha1() -> Any:
+    return hashlib.sha1(usedforsecurity=False)
+
+
+CHECKSUMS: Final[dict[str, Callable[[], Any]]] = {
+    "ChecksumCRC32": _Crc32,
+    "ChecksumSHA256": _sha256,
+    "ChecksumSHA1": _sha1,
+}
+
+
+class _Verifier:
+    """What the body must hash to: the MD5 an ETag stands for or, where there is none
+    (SSE-KMS, multipart), a whole-object checksum S3 sent."""
+
+    def __init__(self, response: dict[str, Any]) -> None:
+        self.what = ""
+        self._expected: str | None = None
+        self._digest: Any = None
+        md5 = _md5_expected(response)
+        if md5 is not None:
+            self.what, self._expected = "MD5", md5
+            self._digest = hashlib.md5(usedforsecurity=False)
+            return
+        for name, make in CHECKSUMS.items():
+            value = str(response.get(name) or "")
+            # "...-N": a checksum of the parts' checksums, not of the bytes.
+            if value and "-" not in value:
+                self.what, self._expected, self._digest = name, value, make()
+                return
+
+    def update(self, chunk: bytes) -> None:
+        if self._digest is not None:
+            self._digest.update(chunk)
+
+    def mismatch(self) -> str | None:
+        """What was computed, when it is not what S3 said; None when it matches."""
+        if self._digest is None:
+            return None
+        if self.what == "MD5":
+            computed = self._digest.hexdigest()
+        else:
+            computed = base64.b64encode(self._digest.digest()).decode()
+        return None if computed == self._expected else computed
+
+
 async def download(
     s3: Any,
     bucket: str,
@@ -173,8 +242,7 @@ async def _write_body(
 ) -> Downloaded:
     async with response["Body"] as body:
         expected_size = int(response["ContentLength"])
-        expected_md5 = _md5_expected(response)
-        digest = hashlib.md5(usedforsecurity=False) if expected_md5 else None
+        verifier = _Verifier(response)
         modified = mtime_ns(response["LastModified"])
         with AtomicWriter(root, parts, key, attributes) as writer:
             async for chunk in body.iter_chunks(CHUNK_SIZE):
@@ -183,14 +251,15 @@ async def _write_body(
                     # slows the sender down, so the cap holds on the wire too.
                     await limiter.take(len(chunk))
                 writer.write(chunk)
-                if digest is not None:
-                    digest.update(chunk)
+                verifier.update(chunk)
             if writer.bytes_written != expected_size:
                 raise IntegrityError(
                     f"{key}: received {writer.bytes_written} bytes, expected {expected_size}"
                 )
-            if digest is not None and digest.hexdigest() != expected_md5:
-                raise IntegrityError(f"{key}: MD5 {digest.hexdigest()} does not match ETag")
+            if (computed := verifier.mismatch()) is not None:
+                raise IntegrityError(
+                    f"{key}: {verifier.what} {computed} does not match what S3 sent"
+                )
             # fsync and rename block on the disk: keep them off the event loop. Shielded so
             # a cancellation (drain deadline) never leaves the rename half-done.
             writer.claim()

@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 from yarl import URL
 
-__all__ = ["LeanS3"]
+__all__ = ["USER_AGENT", "LeanS3"]
 
 # Error codes S3 gives the same way however often it is asked: the answer stands.
 FINAL_ERROR_CODES: Final = frozenset(
@@ -55,8 +55,16 @@ RESPONSE_HEADERS: Final = {
     "x-amz-server-side-encryption-customer-algorithm": "SSECustomerAlgorithm",
     "x-amz-storage-class": "StorageClass",
     "x-amz-restore": "Restore",
+    "x-amz-checksum-crc32": "ChecksumCRC32",
+    "x-amz-checksum-crc32c": "ChecksumCRC32C",
+    "x-amz-checksum-crc64nvme": "ChecksumCRC64NVME",
+    "x-amz-checksum-sha1": "ChecksumSHA1",
+    "x-amz-checksum-sha256": "ChecksumSHA256",
+    "x-amz-checksum-type": "ChecksumType",
 }
 PROBE_KEY: Final = "s3pull-probe"
+# Says in S3's access logs (and CloudTrail) which requests took the lean path.
+USER_AGENT: Final = f"s3pull-lean-get aiohttp/{aiohttp.__version__}"
 ERROR_BODY_LIMIT: Final = 64 * 1024
 
 
@@ -99,12 +107,14 @@ class LeanS3:
         self,
         client: Any,
         credentials: Any,
+        region: str,
         connections: int,
         read_timeout: float,
         ca_bundle: str | None,
     ) -> None:
         self._client = client
         self._credentials = credentials
+        self._region = region
         self._prefixes: dict[str, _Prefix] = {}
         # Buckets left to the client: a region redirect answered, or signed otherwise
         # than plain SigV4 for s3 (S3 Express directory buckets: CreateSession).
@@ -118,6 +128,7 @@ class LeanS3:
             trust_env=False,
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "Content-Type"),
+            headers={"User-Agent": USER_AGENT},
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -167,6 +178,9 @@ class LeanS3:
     async def _send(self, params: dict[str, Any], prefix: _Prefix) -> aiohttp.ClientResponse:
         url = prefix.url + quote(params["Key"], safe="/~")
         headers = {header: params[name] for name, header in CONDITIONS.items() if name in params}
+        # As the client asks by default: S3 sends the checksum it stored at upload, which
+        # download.py verifies where the ETag is no MD5 (SSE-KMS, multipart).
+        headers["x-amz-checksum-mode"] = "ENABLED"
         frozen = await self._credentials.get_frozen_credentials()
         request = AWSRequest(method="GET", url=url, headers=headers)
         S3SigV4Auth(frozen, "s3", prefix.region).add_auth(request)
@@ -193,11 +207,14 @@ class LeanS3:
             )
             parts = urlsplit(presigned)
             query = parse_qs(parts.query)
-            # AKID/date/region/service/aws4_request
-            scope = query.get("X-Amz-Credential", [""])[0].split("/")
+            # A SigV4 presigned URL names its scope (AKID/date/region/service/aws4_request);
+            # botocore presigns S3 with SigV2 where it may, and then the client's region is
+            # the one its requests are signed for.
+            credential = query.get("X-Amz-Credential", [""])[0]
+            scope = credential.split("/") if credential else ["", "", self._region, "s3"]
             if (
                 not parts.path.endswith("/" + PROBE_KEY)
-                or len(scope) != 5
+                or len(scope) < 4
                 or scope[3] != "s3"
                 or "X-Amz-S3session-Token" in query
                 or bucket.endswith("--x-s3")
