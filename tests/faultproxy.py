@@ -23,6 +23,8 @@ what happens to a request. A rule is active until it has been applied ``times`` 
 ``forbid-missing`` forward, but answer a 404 with ``403 AccessDenied``: what S3 says for a
               missing key to a role without ``s3:ListBucket`` on its prefix (S3 API
               reference, GetObject and HeadObject, "Permissions"). moto enforces no IAM.
+``ignore-range`` forward without the Range header: a store or proxy that ignores ranges
+              answers 200 with the whole object.
 ``rewrite``   forward, replacing ``old`` with ``new`` in the response body: what moto leaves
               out of an answer AWS gives (its GetBucketNotificationConfiguration never
               shows the EventBridgeConfiguration it stored and acts on).
@@ -49,7 +51,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["FaultProxy", "Request", "Rule"]
 
-Action = Literal["pass", "error", "reset", "blackhole", "refuse", "forbid-missing", "rewrite"]
+Action = Literal[
+    "pass", "error", "reset", "blackhole", "refuse", "forbid-missing", "rewrite", "ignore-range"
+]
 
 HEAD_LIMIT = 1 << 20  # request/response heads (and chunk-size lines) longer than this: bug
 PIECE = 64 * 1024  # body forwarding granularity (throttling and cuts work at this size)
@@ -393,7 +397,13 @@ class FaultProxy:
         try:
             upstream_writer.write(
                 head.render(
-                    drop=("connection", "keep-alive", "expect"), add=(("Connection", "close"),)
+                    drop=(
+                        "connection",
+                        "keep-alive",
+                        "expect",
+                        *(("range",) if action == "ignore-range" else ()),
+                    ),
+                    add=(("Connection", "close"),),
                 )
                 + b"".join(body)
             )

@@ -135,6 +135,23 @@ async def test_a_small_object_costs_one_request_as_before(
     assert gets(proxy, "small.bin") == 1
 
 
+async def test_a_server_that_ignores_ranges_still_gets_the_object_in_one_stream(
+    s3_client: Any, s3: Any, pipeline: Pipeline, proxy: FaultProxy, root: Path
+) -> None:
+    body = os.urandom(SIZE)
+    put(s3, pipeline.bucket, "whole.bin", body)
+    # Every ranged GET reaches the server without its Range: 200, the whole object.
+    proxy.add(Rule("ignore-range", "s3", "GetObject", key_prefix="whole.bin", ranged=True))
+
+    result = await download(
+        s3_client, pipeline.bucket, "whole.bin", root, ("whole.bin",), tuning=TUNING
+    )
+
+    assert isinstance(result, Downloaded) and result.size == SIZE
+    assert (root / "whole.bin").read_bytes() == body
+    assert temp_files(root) == []
+
+
 async def test_a_corrupted_part_fails_the_md5_and_the_object_is_fetched_again(
     s3_client: Any,
     s3: Any,

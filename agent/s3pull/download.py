@@ -226,6 +226,8 @@ async def download(
                 )
             return await _write_body(response, key, root, parts, attributes, limiter)
         except RETRIED_BODY_ERRORS as exc:
+            if isinstance(exc, ranged.RangesIgnored):
+                tuning = ranged.ONE_STREAM  # the next attempt reads the whole body
             if attempt == BODY_ATTEMPTS:
                 raise
             log.warning("retrying download of %s after attempt %d failed: %s", key, attempt, exc)

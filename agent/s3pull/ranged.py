@@ -45,11 +45,13 @@ from s3pull.paths import AtomicWriter, Attributes
 
 __all__ = [
     "DEFAULT_TUNING",
+    "ONE_STREAM",
     "PART_SIZE",
     "RANGE_ATTEMPTS",
     "STREAMS",
     "THRESHOLD",
     "ObjectChanged",
+    "RangesIgnored",
     "Tuning",
     "fetch",
     "wanted",
@@ -80,6 +82,12 @@ class Tuning:
 
 
 DEFAULT_TUNING: Final = Tuning()
+ONE_STREAM: Final = Tuning(threshold=1 << 62)  # never ranged
+
+
+class RangesIgnored(IntegrityError):
+    """The server answered a ranged GET with the whole object (some S3-compatible stores
+    and proxies do): ``download()`` fetches this object in one stream instead."""
 
 
 class ObjectChanged(IntegrityError):
@@ -241,6 +249,11 @@ class _Job:
 
     def _check(self, response: dict[str, Any], offset: int, end: int) -> None:
         wanted = f"bytes {offset}-{end - 1}/{self._size}"
+        if response.get("ContentRange") is None:
+            response["Body"].close()
+            raise RangesIgnored(
+                f"{self._key}: the server ignored Range (answered the whole object)"
+            )
         if str(response.get("ETag", "")) != self._etag:
             response["Body"].close()
             raise self._changed()  # a server that ignored If-Match: never mix versions
