@@ -5,16 +5,22 @@ request where one will do, and leaves retries to botocore.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import stat
+import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import render_config
+from conftest import render_config, wait_until
 from faultproxy import FaultProxy, Rule
 from faults_conftest import through
 from s3pull.aws import error_code, open_clients
@@ -208,3 +214,85 @@ async def test_where_the_etag_is_no_md5_s3s_checksum_catches_a_corrupt_body(
     # Three attempts, each by the lean path, each refused.
     assert proxy.user_agents[("s3", "GetObject", USER_AGENT)] == 1 + 3
     assert sorted(path.name for path in root.iterdir()) == ["kept"]
+
+
+@pytest.fixture(scope="module")
+def checking_moto() -> Iterator[tuple[str, dict[str, str]]]:
+    """A moto server that checks every SigV4 signature (after the first few requests,
+    which create a user, its access key and a bucket), and that user's credentials."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _accepts(port), what="moto with signature checks")
+        anonymous = {"aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", **anonymous)
+        iam.create_user(UserName="reader")
+        policy = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        iam.put_user_policy(
+            UserName="reader",
+            PolicyName="s3",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [policy]}),
+        )
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        yield (
+            endpoint,
+            {
+                "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            },
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True
+
+
+async def test_every_signature_holds_at_a_server_that_checks_them(
+    checking_moto: tuple[str, dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint, credentials = checking_moto
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    writer = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    bucket = f"signed-{uuid.uuid4().hex[:12]}"
+    writer.create_bucket(Bucket=bucket)
+    keys = [*AWKWARD_KEYS, "tab\\tand\\\\backslash", "*(){}[]!'@$&=,", "long/" + "x" * 900]
+    for index, key in enumerate(keys):
+        writer.put_object(Bucket=bucket, Key=key, Body=f"{index}".encode())
+    unused_queue = f"{endpoint}/123456789012/unused"  # this test sends no SQS request
+    pipeline = Pipeline(endpoint, bucket, "", unused_queue, "", 5)
+    with FaultProxy(endpoint) as proxy:
+        async with await lean_client(through(pipeline, proxy.url), tmp_path) as clients:
+            etag = None
+            for index, key in enumerate(keys):
+                response = await clients.s3.get_object(Bucket=bucket, Key=key)
+                async with response["Body"] as body:
+                    assert await body.read() == f"{index}".encode(), key
+                etag = response["ETag"]
+            # Conditions and ranges are signed headers too.
+            with pytest.raises(ClientError) as raised:
+                await clients.s3.get_object(Bucket=bucket, Key=keys[-1], IfNoneMatch=etag)
+            assert error_code(raised.value) == "304"
+            ranged = await clients.s3.get_object(Bucket=bucket, Key=keys[0], Range="bytes=0-0")
+            async with ranged["Body"] as body:
+                assert await body.read() == b"0"
+        # Each by the lean path, once: a refused signature would have gone to the client.
+        assert proxy.user_agents[("s3", "GetObject", USER_AGENT)] == len(keys) + 2
+        assert proxy.seen("s3", "GetObject") == len(keys) + 2
