@@ -26,7 +26,8 @@ test: $(STAMP)
 # use): the second emulator, whose events differ from moto's the way AWS's do.
 LOCALSTACK_TESTS := tests/test_agent.py tests/test_trigger.py tests/test_trust.py \
 	tests/test_dispatch.py tests/test_ordering.py tests/test_prefix_folder.py \
-	tests/test_forbidden.py tests/test_logs.py tests/test_url_recipe.py
+	tests/test_forbidden.py tests/test_logs.py tests/test_url_recipe.py \
+	tests/test_s3http.py tests/test_inbox.py tests/test_ranged.py
 
 test-localstack: $(STAMP)
 	tests/localstack/run $(BIN)/pytest -q $(LOCALSTACK_TESTS)
