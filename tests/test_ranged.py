@@ -189,6 +189,26 @@ async def test_a_part_corrupted_every_time_is_an_error_and_leaves_nothing(
     assert gets(proxy, "big.bin") == BODY_ATTEMPTS * PARTS
 
 
+async def test_where_the_etag_is_no_md5_the_checksum_s3_stored_checks_the_parts(
+    s3_client: Any, s3: Any, pipeline: Pipeline, proxy: FaultProxy, root: Path
+) -> None:
+    # SSE-KMS: the ETag is no MD5, the CRC32 stored at upload is what guards the bytes.
+    s3.put_object(
+        Bucket=pipeline.bucket,
+        Key="kms.bin",
+        Body=with_markers(os.urandom(SIZE)),
+        ChecksumAlgorithm="CRC32",
+        ServerSideEncryption="aws:kms",
+    )
+    proxy.add(Rule("rewrite", "s3", "GetObject", ranged=True, old=MARKER, new=MARKER[::-1]))
+
+    with pytest.raises(IntegrityError, match=r"ChecksumCRC32 .* does not match"):
+        await download(s3_client, pipeline.bucket, "kms.bin", root, ("kms.bin",), tuning=TUNING)
+
+    assert os.listdir(root) == []
+    assert gets(proxy, "kms.bin") == BODY_ATTEMPTS * PARTS
+
+
 async def test_a_multipart_object_is_checked_by_size(
     s3_client: Any, s3: Any, pipeline: Pipeline, root: Path
 ) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "NOT_MODIFIED",
     "Downloaded",
     "IntegrityError",
+    "Verifier",
     "VersionChanged",
     "download",
     "mtime_ns",
@@ -114,9 +115,6 @@ class _Crc32:
         return self._value.to_bytes(4, "big")
 
 
-# A whole-object checksum S3 stored at upload (x-amz-checksum-*, sent with checksum mode
-# on), for the algorithms the standard library has. CRC32C and CRC64NVME need awscrt,
-# which botocore also needs to check them.
 def _sha256() -> Any:
     return hashlib.sha256()
 
@@ -125,6 +123,9 @@ def _sha1() -> Any:
     return hashlib.sha1(usedforsecurity=False)
 
 
+# A whole-object checksum S3 stored at upload (x-amz-checksum-*, sent with checksum mode
+# on), for the algorithms the standard library has. CRC32C and CRC64NVME need awscrt,
+# which botocore also needs to check them.
 CHECKSUMS: Final[dict[str, Callable[[], Any]]] = {
     "ChecksumCRC32": _Crc32,
     "ChecksumSHA256": _sha256,
@@ -132,39 +133,50 @@ CHECKSUMS: Final[dict[str, Callable[[], Any]]] = {
 }
 
 
-class _Verifier:
+class Verifier:
     """What the body must hash to: the MD5 an ETag stands for or, where there is none
-    (SSE-KMS, multipart), a whole-object checksum S3 sent."""
+    (SSE-KMS, multipart), a whole-object checksum S3 sent. Fed in order, by the one-stream
+    path here and by the ranged path's hashing thread (``s3pull.ranged``)."""
 
     def __init__(self, response: dict[str, Any]) -> None:
-        self.what = ""
+        self._what = ""
+        self._against = ""
         self._expected: str | None = None
         self._digest: Any = None
         md5 = _md5_expected(response)
         if md5 is not None:
-            self.what, self._expected = "MD5", md5
+            self._what, self._against, self._expected = "MD5", "ETag", md5
             self._digest = hashlib.md5(usedforsecurity=False)
             return
         for name, make in CHECKSUMS.items():
             value = str(response.get(name) or "")
             # "...-N": a checksum of the parts' checksums, not of the bytes.
             if value and "-" not in value:
-                self.what, self._expected, self._digest = name, value, make()
+                self._what, self._against = name, "the checksum S3 stored"
+                self._expected, self._digest = value, make()
                 return
 
-    def update(self, chunk: bytes) -> None:
+    @property
+    def checks(self) -> bool:
+        """Is there anything to check beyond the size?"""
+        return self._digest is not None
+
+    def update(self, chunk: bytes | memoryview) -> None:
         if self._digest is not None:
             self._digest.update(chunk)
 
-    def mismatch(self) -> str | None:
-        """What was computed, when it is not what S3 said; None when it matches."""
+    def problem(self) -> str | None:
+        """What does not match, when the bytes fed are not what S3 said; None when they
+        are (or when there is nothing to check)."""
         if self._digest is None:
             return None
-        if self.what == "MD5":
+        if self._what == "MD5":
             computed = self._digest.hexdigest()
         else:
             computed = base64.b64encode(self._digest.digest()).decode()
-        return None if computed == self._expected else computed
+        if computed == self._expected:
+            return None
+        return f"{self._what} {computed} does not match {self._against}"
 
 
 async def download(
@@ -244,7 +256,7 @@ async def _write_body(
 ) -> Downloaded:
     async with response["Body"] as body:
         expected_size = int(response["ContentLength"])
-        verifier = _Verifier(response)
+        verifier = Verifier(response)
         modified = mtime_ns(response["LastModified"])
         with AtomicWriter(root, parts, key, attributes) as writer:
             async for chunk in body.iter_chunks(CHUNK_SIZE):
@@ -258,10 +270,8 @@ async def _write_body(
                 raise IntegrityError(
                     f"{key}: received {writer.bytes_written} bytes, expected {expected_size}"
                 )
-            if (computed := verifier.mismatch()) is not None:
-                raise IntegrityError(
-                    f"{key}: {verifier.what} {computed} does not match what S3 sent"
-                )
+            if (problem := verifier.problem()) is not None:
+                raise IntegrityError(f"{key}: {problem}")
             # fsync and rename block on the disk: keep them off the event loop. Shielded so
             # a cancellation (drain deadline) never leaves the rename half-done.
             writer.claim()

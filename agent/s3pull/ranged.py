@@ -8,7 +8,8 @@ an overwrite in the middle answers 412 instead of handing over bytes of another 
 The ETag of every part is compared too (s3rver ignores ``If-Match``). Each part is
 written at its offset into the ``AtomicWriter``'s temporary file; a thread hashes the
 contiguous prefix in order, reading it back from the file while later parts still
-arrive (hashlib releases the GIL), so the MD5 check ends soon after the last byte.
+arrive (hashlib and zlib release the GIL), so the check (the MD5 an ETag stands for, or
+the checksum S3 stored: ``download.Verifier``) ends soon after the last byte.
 
 Memory stays bounded: each stream holds at most one ``CHUNK_SIZE`` read and aiohttp's
 buffer for it (twice that), whatever the object's size; all streams share the client's
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -37,8 +37,8 @@ from s3pull.download import (
     RETRIED_BODY_ERRORS,
     Downloaded,
     IntegrityError,
+    Verifier,
     VersionChanged,
-    _md5_expected,
     mtime_ns,
 )
 from s3pull.paths import AtomicWriter, Attributes
@@ -124,7 +124,7 @@ async def fetch(
     tuning = tuning or DEFAULT_TUNING
     size = int(response["ContentLength"])
     etag = str(response.get("ETag", ""))
-    expected_md5 = _md5_expected(response)
+    verifier = Verifier(response)
     modified = mtime_ns(response["LastModified"])
     # Closed here whatever happens (twice is harmless): a refused path or a full disk
     # must not leave the first response's connection open.
@@ -133,7 +133,7 @@ async def fetch(
         # writing every block, which must not stall the event loop.
         await asyncio.to_thread(writer.preallocate, size)
         job = _Job(s3, request, etag, key, size, writer, limiter, tuning)
-        hasher = _Hasher(writer.duplicate(), size) if expected_md5 else None
+        hasher = _Hasher(writer.duplicate(), size, verifier) if verifier.checks else None
         job.hasher = hasher
         try:
             streams = [asyncio.create_task(job.stream(response))]
@@ -152,10 +152,8 @@ async def fetch(
                 raise IntegrityError(
                     f"{key}: received {writer.bytes_written} bytes, expected {size}"
                 )
-            if hasher is not None:
-                md5 = await hasher.result
-                if md5 != expected_md5:
-                    raise IntegrityError(f"{key}: MD5 {md5} does not match ETag")
+            if hasher is not None and (problem := await hasher.result) is not None:
+                raise IntegrityError(f"{key}: {problem}")
         finally:
             if hasher is not None:
                 hasher.stop()
@@ -309,19 +307,22 @@ class _Job:
 
 
 class _Hasher:
-    """MD5 of a file being written out of order, computed in order in a thread of its
-    own as its prefix becomes contiguous (``advance``). One thread per object, not one
+    """The check of a file being written out of order (its MD5, or the checksum S3
+    stored: ``Verifier``), fed in order in a thread of its own as its prefix becomes
+    contiguous (``advance``). One thread per object, not one
     of the default executor's: it waits most of its life, and a sync of many large
     objects must not starve the commits and SQLite calls that share that pool."""
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, verifier: Verifier) -> None:
         self._fd = fd  # ours: a duplicate, closed when the thread ends
         self._size = size
+        self._verifier = verifier  # fed by this thread only
         self._ready = 0
         self._stopped = False
         self._lock = threading.Condition()
         self._loop = asyncio.get_running_loop()
-        self.result: asyncio.Future[str] = self._loop.create_future()
+        # What does not match (``Verifier.problem``), or None.
+        self.result: asyncio.Future[str | None] = self._loop.create_future()
         threading.Thread(target=self._run, name="s3pull-md5", daemon=True).start()
 
     def advance(self, ready: int) -> None:
@@ -337,7 +338,7 @@ class _Hasher:
 
     def _run(self) -> None:
         try:
-            outcome: str | BaseException = self._hash()
+            outcome: str | BaseException | None = self._hash()
         except BaseException as exc:  # handed to the event loop, never lost in the thread
             outcome = exc
         finally:
@@ -345,8 +346,7 @@ class _Hasher:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
             self._loop.call_soon_threadsafe(self._settle, outcome)
 
-    def _hash(self) -> str:
-        digest = hashlib.md5(usedforsecurity=False)
+    def _hash(self) -> str | None:
         buffer = memoryview(bytearray(HASH_BLOCK))
         done = 0
         while done < self._size:
@@ -354,17 +354,17 @@ class _Hasher:
                 while self._ready <= done and not self._stopped:
                     self._lock.wait()
                 if self._stopped:
-                    return ""
+                    return None  # nobody waits for the answer
                 ready = self._ready
             while done < ready and not self._stopped:
                 read = os.preadv(self._fd, [buffer[: min(HASH_BLOCK, ready - done)]], done)
                 if read == 0:
                     raise IntegrityError(f"the file ended at {done} bytes of {ready} written")
-                digest.update(buffer[:read])
+                self._verifier.update(buffer[:read])
                 done += read
-        return digest.hexdigest()
+        return self._verifier.problem()
 
-    def _settle(self, outcome: str | BaseException) -> None:
+    def _settle(self, outcome: str | BaseException | None) -> None:
         if self.result.done():
             return
         if isinstance(outcome, BaseException):
