@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import AGENT_ENV, render_config, wait_until
+from conftest import AGENT_ENV, wait_until
 from s3pull.emulator import Pipeline
+from test_messages import mirror_config
 
 # `python -m s3pull ARGS`, which at exit (however it exits) writes to $MODULES the names in
 # sys.modules and whether the garbage collector runs.
@@ -89,18 +90,6 @@ def test_help_version_and_usage_errors_import_nothing_heavy(tmp_path: Path) -> N
     assert result.returncode == 0 and result.stdout.startswith("s3pull ")
     # The version is the one thing it looks up; still none of the AWS machinery.
     assert heavy(modules) == {"importlib.metadata"}
-
-
-def mirror_config(tmp_path: Path, pipeline: Pipeline, extra: str = "") -> Path:
-    mirror = {
-        "name": "data",
-        "bucket": pipeline.bucket,
-        "prefix": "data/",
-        "directory": tmp_path / "mirror",
-    }
-    path = tmp_path / "s3pull.toml"
-    path.write_text(render_config(pipeline, tmp_path / "state", [mirror]) + extra)
-    return path
 
 
 def test_sync_imports_neither_metrics_nor_file_watching_nor_unused_patterns(
